@@ -1,0 +1,258 @@
+"""Labeled Faces in the Wild, preprocessed as seed 000 does.
+
+Sources, tried in this order under ``config.data.dir``:
+  1. the extracted folder (``lfw-deepfunneled/``, ``lfw_funneled/``, ``lfw/``);
+  2. the official archive (``lfw-deepfunneled.tgz``, ``lfw-funneled.tgz``,
+     ``lfw.tgz``);
+  3. the compact carry form (``lfw-deepfunneled.crop.tar``, made by
+     ``scripts/make_lfw_carry.py``): lossless JPEG crops of the region the
+     pipeline reads, small enough to send to a GPU machine;
+  4. a download (the public mirrors scikit-learn uses), when allowed;
+  5. otherwise ``DataMissingError`` naming the file and the folder.
+The TFDS ``lfw`` builder is read with ``variant="tfds"``.
+
+Seed 000: resize 250 -> 224, center crop 112, RGB, random split into test 3708
+/ validation 1905 / train 7620. Images stay uint8; normalisation belongs to
+the model. Seed 000 used the *funneled* variant; the default here is the
+deep-funneled one (the copy available offline); alignment differs slightly.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from jax_dae.data import cache, download, preprocess
+
+
+@dataclass(frozen=True)
+class Variant:
+  folder: str
+  archive: str
+  url: str | None
+  # sha256 of the archive file, where the mirror publishes one.
+  archive_sha256: str | None
+  # sha256 over the sorted lines "<member name>\t<sha256 of image bytes>\n":
+  # checks the images themselves, whatever archive they came in.
+  content_sha256: str | None
+
+
+VARIANTS = {
+    "deepfunneled": Variant(
+        folder="lfw-deepfunneled",
+        archive="lfw-deepfunneled.tgz",
+        url="http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz",
+        archive_sha256=None,
+        content_sha256="be3ac79383f2bcc13ca23532ec809615bfa31c3c99fea312ef337a5dc1df0184",
+    ),
+    "funneled": Variant(
+        folder="lfw_funneled",
+        archive="lfw-funneled.tgz",
+        url="https://ndownloader.figshare.com/files/5976015",
+        archive_sha256="b47c8422c8cded889dc5a13418c4bc2abbda121092b3533a83306f90d900100a",
+        content_sha256=None,
+    ),
+    "original": Variant(
+        folder="lfw",
+        archive="lfw.tgz",
+        url="https://ndownloader.figshare.com/files/5976018",
+        archive_sha256="055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8d536c0",
+        content_sha256=None,
+    ),
+}
+CARRY_SUFFIX = ".crop.tar"
+CARRY_META = "CROP.json"
+NUM_IMAGES = 13233
+
+
+def _is_image(name: str) -> bool:
+  return name.lower().endswith((".jpg", ".jpeg"))
+
+
+class _Source:
+  """Reads ``(member name, bytes)`` pairs and how the bytes sit in the original."""
+
+  def __init__(self, path: Path):
+    self.path = path
+    self.origin = (0, 0)
+    self.full_size = None
+    if path.is_dir():
+      self.names = sorted(
+          str(p.relative_to(path.parent)) for p in path.rglob("*") if _is_image(p.name)
+      )
+    else:
+      with tarfile.open(path) as tar:
+        members = tar.getnames()
+        if CARRY_META in members:
+          meta = json.load(tar.extractfile(CARRY_META))
+          self.origin = tuple(meta["origin"])
+          self.full_size = tuple(meta["full_size"])
+      self.names = sorted(n for n in members if _is_image(n))
+
+  def fingerprint(self) -> str:
+    if self.path.is_dir():
+      h = hashlib.sha256()
+      for name in self.names:
+        st = (self.path.parent / name).stat()
+        h.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+      return "dir:" + h.hexdigest()
+    return "file:" + download.sha256_file(self.path)
+
+  def read(self, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
+    if self.path.is_dir():
+      for name in sorted(wanted):
+        yield name, (self.path.parent / name).read_bytes()
+      return
+    # Stream the archive once; members come in archive order.
+    with tarfile.open(self.path, "r|*") as tar:
+      for member in tar:
+        if member.name in wanted:
+          yield member.name, tar.extractfile(member).read()
+
+
+def find_source(data_dir: str | os.PathLike, variant: str, *, allow_download: bool) -> Path:
+  """Locates (or downloads) the LFW files for ``variant`` under ``data_dir``.
+
+  Raises:
+    DataMissingError: nothing found and no download possible; says which file
+      to put where.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(
+        f"config.data.variant={variant!r} is unknown; allowed: {', '.join(VARIANTS)}, tfds."
+    )
+  v = VARIANTS[variant]
+  root = Path(data_dir).expanduser()
+  for candidate in (root / v.folder, root / v.archive, root / (v.folder + CARRY_SUFFIX)):
+    if candidate.exists():
+      return candidate
+  where = root.resolve()
+  if allow_download and v.url:
+    try:
+      path = download.download(v.url, root / v.archive, sha256=v.archive_sha256)
+      if v.content_sha256 and content_digest(path) != v.content_sha256:
+        path.unlink()
+        raise ValueError(f"The images in {v.url} are not the expected LFW {variant} set.")
+      return path
+    except (OSError, ValueError) as e:
+      logging.warning("Download of %s failed: %s", v.url, e)
+  raise download.DataMissingError(
+      f"LFW ({variant}) not found: put {v.archive} (or its extracted folder {v.folder}/) in "
+      f"{where}, or set --config.data.dir to the folder that holds it"
+      + (f"; it can be downloaded from {v.url}" if v.url else "")
+      + "."
+  )
+
+
+def content_digest(path: Path) -> str:
+  """sha256 over "<name>\\t<sha256 of bytes>" lines of every image, sorted by name."""
+  source = _Source(path)
+  lines = sorted(
+      f"{name}\t{hashlib.sha256(data).hexdigest()}\n"
+      for name, data in source.read(set(source.names))
+  )
+  return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def split_indices(num_images: int, sizes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+  """Deterministic random split: one permutation, cut in config order.
+
+  With seed 000's sizes the three parts cover all 13,233 images; smaller sizes
+  take a random subset of them (the smoke settings do this).
+  """
+  if any(n < 0 for n in sizes.values()):
+    raise ValueError(f"config.data.split sizes must be >= 0, got {dict(sizes)}.")
+  if sum(sizes.values()) > num_images:
+    raise ValueError(
+        f"config.data.split asks for {sum(sizes.values())} images but the source has "
+        f"{num_images}."
+    )
+  order = np.random.default_rng(seed).permutation(num_images)
+  out, start = {}, 0
+  for split, n in sizes.items():
+    out[split] = np.sort(order[start : start + n])
+    start += n
+  return out
+
+
+def _decode_all(source: _Source, names: list[str], resize: int, crop: int) -> np.ndarray:
+  """Decodes and preprocesses ``names`` (in that order) with all local cores."""
+  position = {name: i for i, name in enumerate(names)}
+  out = np.zeros((len(names), crop, crop, 3), np.uint8)
+
+  def work(name: str, data: bytes) -> None:
+    image = preprocess.decode(data, mode="RGB", name=f"{source.path}:{name}")
+    out[position[name]] = preprocess.resize_center_crop(
+        image, resize=resize, crop=crop, origin=source.origin, full_size=source.full_size
+    )
+
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    futures = [pool.submit(work, n, d) for n, d in source.read(set(names))]
+    for f in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
+                  desc="Preprocessing LFW", unit="img", leave=False):
+      f.result()
+  if len(futures) != len(names):
+    raise ValueError(f"{source.path} lacks {len(names) - len(futures)} of the listed images.")
+  return out
+
+
+def _tfds_images() -> tuple[list[str], object]:
+  import tensorflow_datasets as tfds  # Imported lazily: heavy, optional.
+
+  ds = tfds.data_source("lfw", split="train")
+  return [str(i) for i in range(len(ds))], ds
+
+
+def load(config) -> dict[str, np.ndarray]:
+  """Loads the preprocessed LFW splits (uint8 NHWC), using the cache.
+
+  Args:
+    config: ``config.data`` with ``dir``, ``variant``, ``resize``, ``crop``,
+      ``split`` (ordered sizes), ``split_seed``, ``download``, ``cache_dir``.
+
+  Returns:
+    ``{split: [N, crop, crop, 3] uint8}``.
+  """
+  sizes = dict(config.split)
+  if config.variant == "tfds":
+    names, ds = _tfds_images()
+    fingerprint = "tfds:lfw"
+  else:
+    source = _Source(find_source(config.dir, config.variant, allow_download=config.download))
+    names, fingerprint = source.names, source.fingerprint()
+  params = {
+      "source": fingerprint,
+      "variant": config.variant,
+      "resize": config.resize,
+      "crop": config.crop,
+      "split": sizes,
+      "split_seed": config.split_seed,
+  }
+
+  def build() -> dict[str, np.ndarray]:
+    indices = split_indices(len(names), sizes, config.split_seed)
+    if config.variant == "tfds":
+      from PIL import Image
+
+      def one(i):
+        return preprocess.resize_center_crop(
+            Image.fromarray(ds[int(i)]["image"]), resize=config.resize, crop=config.crop
+        )
+
+      return {s: np.stack([one(i) for i in idx]) for s, idx in indices.items()}
+    wanted = sorted({names[i] for idx in indices.values() for i in idx})
+    images = _decode_all(source, wanted, config.resize, config.crop)
+    row = {name: r for r, name in enumerate(wanted)}
+    return {s: images[[row[names[i]] for i in idx]] for s, idx in indices.items()}
+
+  return cache.cached_splits("lfw", params, build, config.cache_dir or None)

@@ -1,0 +1,47 @@
+"""Command line: train and evaluate a denoising autoencoder.
+
+  python -m jax_dae.main --config=configs/lfw_cae.py --workdir=runs/lfw_cae
+
+This file is kept short on purpose; the logic lives in ``jax_dae.train``.
+"""
+
+import logging as logging_std
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jax_dae import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Output folder; a run there resumes.")
+flags.DEFINE_string("compilation_cache", "~/.cache/jax_dae/xla",
+                    "Persistent XLA compilation cache folder ('' to disable).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops the INFO chatter of Orbax's internals; warnings still show."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.compilation_cache:
+    import os
+
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
+  logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
+               jax.process_count(), jax.devices())
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,49 @@
+"""Model families, chosen by name from the config (``config.model.name``).
+
+Each entry is a Flax Linen module class or a ``functools.partial`` preset of
+one. Models take ``[B, H, W, C]`` images in [0, 1] and return reconstructions
+in [0, 1]; ``train`` switches BatchNorm (and sampling, for variational models)
+between training and evaluation behaviour.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+
+from jax_dae.models.cae import CAE, ResidualBlock
+
+# Seed 000 (S0).
+ResCAE = functools.partial(CAE, num_res_blocks=3)
+# Used for testing only: the same graph at a few hundred times less compute.
+TinyCAE = functools.partial(CAE, encoder_features=(8, 8, 8, 16), decoder_features=(16, 8, 8),
+                            stem_kernel=3)
+TinyResCAE = functools.partial(TinyCAE, num_res_blocks=1)
+
+_REGISTRY: dict[str, Any] = {
+    "CAE": CAE,
+    "ResCAE": ResCAE,
+    "TinyCAE": TinyCAE,
+    "TinyResCAE": TinyResCAE,
+}
+
+
+def available() -> list[str]:
+  """Names accepted by ``config.model.name``."""
+  return sorted(_REGISTRY)
+
+
+def create(name: str, **kwargs) -> nn.Module:
+  """Builds the model registered as ``name`` with keyword overrides.
+
+  Raises:
+    ValueError: for an unknown name, listing the available ones.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"config.model.name={name!r} is unknown; available: {', '.join(available())}.")
+  return _REGISTRY[name](**kwargs)
+
+
+__all__ = ["CAE", "ResidualBlock", "ResCAE", "TinyCAE", "available", "create"]

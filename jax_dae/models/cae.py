@@ -1,0 +1,104 @@
+"""Seed 000's convolutional autoencoders (CAE family) on 112x112 RGB faces.
+
+Reconstructed after Trinidad, "Reconstructing Obfuscated Human Faces" (CS231n
+2017), which follows Johnson et al.'s transformation network; seed 000 does not
+publish its layers, so this is a documented reconstruction (see SPEC.md):
+
+  conv 9x9/1 -> 64, conv 4x4/2 -> 64, conv 4x4/2 -> 128, conv 4x4/2 -> 256
+  (112 -> 14x14x256), [residual blocks], transposed conv 4x4/2 -> 256 -> 128
+  -> 64 (back to 112), conv 9x9 -> C with tanh.
+
+BatchNorm + ReLU follow every layer but the last. The network works on inputs
+normalised as seed 000 does, ``(x - 0.5) / 0.5``; the module takes and returns
+images in [0, 1] so that losses and metrics never see the normalisation.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# PyTorch's ConvTranspose2d(kernel=4, stride=2, padding=1) doubles the size;
+# in lax.conv_transpose terms that is padding k - 1 - p = 2 on each side.
+_UP_PADDING = ((2, 2), (2, 2))
+
+
+class ResidualBlock(nn.Module):
+  """conv3x3-BN-ReLU-conv3x3-BN plus identity (Johnson et al.)."""
+
+  features: int
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, axis_name=self.bn_axis_name, dtype=self.dtype
+    )
+    y = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype)(x)
+    y = nn.relu(norm()(y))
+    y = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype)(y)
+    return x + norm()(y)
+
+
+class CAE(nn.Module):
+  """Convolutional autoencoder of seed 000, with its residual variant.
+
+  Attributes:
+    encoder_features: output channels of the stem and the stride-2 convs.
+    decoder_features: output channels of the stride-2 transposed convs.
+    stem_kernel: kernel size of the first and last convolution.
+    num_res_blocks: residual blocks at the bottleneck (0: CAE, 3: ResCAE).
+    out_channels: channels of the output image.
+    dtype: computation dtype (parameters stay float32).
+    bn_axis_name: axis to average BatchNorm statistics over under
+      ``pmap``/``shard_map``; ``None`` under ``jit`` with shardings.
+  """
+
+  encoder_features: Sequence[int] = (64, 64, 128, 256)
+  decoder_features: Sequence[int] = (256, 128, 64)
+  stem_kernel: int = 9
+  num_res_blocks: int = 0
+  out_channels: int = 3
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  def _norm(self, train: bool):
+    return functools.partial(
+        nn.BatchNorm, use_running_average=not train, axis_name=self.bn_axis_name, dtype=self.dtype
+    )
+
+  def encode(self, x, *, train: bool):
+    norm = self._norm(train)
+    k = (self.stem_kernel, self.stem_kernel)
+    first, *rest = self.encoder_features
+    x = nn.relu(norm()(nn.Conv(first, k, padding="SAME", dtype=self.dtype)(x)))
+    for features in rest:
+      x = nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
+      x = nn.relu(norm()(x))
+    for _ in range(self.num_res_blocks):
+      x = ResidualBlock(x.shape[-1], dtype=self.dtype, bn_axis_name=self.bn_axis_name)(
+          x, train=train
+      )
+    return x
+
+  def decode(self, z, *, train: bool):
+    norm = self._norm(train)
+    for features in self.decoder_features:
+      z = nn.ConvTranspose(
+          features, (4, 4), strides=(2, 2), padding=_UP_PADDING, dtype=self.dtype
+      )(z)
+      z = nn.relu(norm()(z))
+    k = (self.stem_kernel, self.stem_kernel)
+    return jnp.tanh(nn.Conv(self.out_channels, k, padding="SAME", dtype=self.dtype)(z))
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    """Maps ``[B, H, W, C]`` images in [0, 1] to reconstructions in [0, 1]."""
+    x = (images.astype(self.dtype) - 0.5) / 0.5
+    y = self.decode(self.encode(x, train=train), train=train)
+    return (y.astype(jnp.float32) + 1.0) / 2.0

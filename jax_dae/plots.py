@@ -1,0 +1,71 @@
+"""Pictures: sample grids and training curves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from jax_dae import writers
+
+
+def _atomic_save(image: Image.Image, path: Path) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp")
+  image.save(tmp, format="PNG")
+  os.replace(tmp, path)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[0, 1] floats to uint8 with rounding."""
+  return np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def save_sample_grid(path: str | os.PathLike, corrupted: np.ndarray, reconstructed: np.ndarray,
+                     clean: np.ndarray, pad: int = 2) -> None:
+  """Writes a PNG with one column per example and rows corrupted | reconstructed | clean."""
+  rows = [to_uint8(x) for x in (corrupted, reconstructed, clean)]
+  n, h, w, c = rows[0].shape
+  grid = np.full((3 * (h + pad) + pad, n * (w + pad) + pad, c), 255, np.uint8)
+  for r, images in enumerate(rows):
+    for i, image in enumerate(images):
+      y, x = pad + r * (h + pad), pad + i * (w + pad)
+      grid[y:y + h, x:x + w] = image
+  _atomic_save(Image.fromarray(grid[..., 0] if c == 1 else grid), Path(path))
+
+
+def save_curves(metrics_path: str | os.PathLike, path: str | os.PathLike) -> None:
+  """Plots the training loss and validation PSNR/SSIM from metrics.jsonl."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = writers.read_jsonl(metrics_path)
+  train = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+  val = [(r["step"], r["val/psnr"], r["val/ssim"], r["val/input_psnr"]) for r in rows
+         if "val/psnr" in r]
+  fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+  if train:
+    s, v = zip(*train, strict=True)
+    axes[0].plot(s, v, lw=0.8)
+    axes[0].set_yscale("log")
+  axes[0].set(title="training loss", xlabel="step")
+  if val:
+    s, p, q, ip = zip(*val, strict=True)
+    axes[1].plot(s, p, "o-", label="model")
+    axes[1].plot(s, ip, "--", color="gray", label="corrupted input")
+    axes[1].legend()
+    axes[2].plot(s, q, "o-")
+  axes[1].set(title="validation PSNR (dB)", xlabel="step")
+  axes[2].set(title="validation SSIM", xlabel="step")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  path = Path(path)
+  tmp = path.with_name(f".{path.name}.tmp.png")
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)

@@ -1,0 +1,443 @@
+"""Training state, pure step functions, and the train-and-evaluate loop.
+
+The fast path keeps each split on the accelerators as uint8 and runs many
+steps per compiled call: a ``lax.scan`` whose body takes a batch by a
+permuted index, corrupts it, runs forward and backward and the Optax update.
+The host only sees one small array of losses per call.
+
+Randomness: one root key from ``config.seed``; the data order of epoch ``e``
+uses ``fold_in(data_key, e)`` and step ``s`` uses ``fold_in(step_key, s)``, so a
+resumed run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from jax_dae import checkpoint, corruptions, data, losses, metrics, models, plots, writers
+
+DATA_AXIS = "data"
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus BatchNorm statistics."""
+
+  batch_stats: Any = None
+
+
+# ---------------------------------------------------------------------------
+# Builders: model, optimizer, state.
+# ---------------------------------------------------------------------------
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def create_model(config: ml_collections.ConfigDict, *, bn_axis_name: str | None = None,
+                 out_channels: int | None = None) -> nn.Module:
+  """The model named by ``config.model.name`` in ``config.model.dtype``."""
+  if config.model.dtype not in _DTYPES:
+    raise ValueError(
+        f"config.model.dtype={config.model.dtype!r} is unknown; allowed: {', '.join(_DTYPES)}."
+    )
+  kwargs = {k: v for k, v in config.model.items() if k not in ("name", "dtype")}
+  kwargs["dtype"] = _DTYPES[config.model.dtype]
+  if bn_axis_name is not None:
+    kwargs["bn_axis_name"] = bn_axis_name
+  if out_channels is not None:
+    kwargs["out_channels"] = out_channels
+  return models.create(config.model.name, **kwargs)
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with coupled L2 (PyTorch ``Adam(weight_decay=...)``) or AdamW."""
+  opt = config.optimizer
+  if opt.learning_rate <= 0:
+    raise ValueError(f"config.optimizer.learning_rate must be > 0, got {opt.learning_rate}.")
+  if opt.name == "adam":
+    return optax.chain(optax.add_decayed_weights(opt.weight_decay), optax.adam(opt.learning_rate))
+  if opt.name == "adamw":
+    return optax.adamw(opt.learning_rate, weight_decay=opt.weight_decay)
+  raise ValueError(f"config.optimizer.name={opt.name!r} is unknown; allowed: adam, adamw.")
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
+               key: jax.Array) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and optimizer state."""
+  variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      tx=tx,
+  )
+
+
+def _collect_aux(collection: Mapping) -> dict[str, jax.Array]:
+  """Flattens values a model ``sow``-ed into the ``aux`` collection, summed per name."""
+  flat = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(collection)[0]:
+    name = str(path[-2].key) if len(path) >= 2 else str(path[-1])
+    flat[name] = flat.get(name, 0.0) + value
+  return flat
+
+
+def to_float(images: jax.Array) -> jax.Array:
+  """uint8 images to float32 in [0, 1] (float inputs pass through)."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------
+# Pure steps.
+# ---------------------------------------------------------------------------
+
+
+def make_train_step(*, loss_fn: losses.Loss, corrupt: corruptions.BatchCorruption,
+                    axis_name: str | None = None) -> Callable:
+  """Builds ``train_step(state, images, rng) -> (state, metrics)``.
+
+  Args:
+    loss_fn: from ``losses.create``.
+    corrupt: from ``corruptions.parse``.
+    axis_name: set under ``pmap``/``shard_map`` to average gradients and
+      metrics across that axis; leave ``None`` under ``jit`` with shardings,
+      where XLA inserts the reductions.
+
+  Returns:
+    A pure function: ``images`` are clean ``[B, H, W, C]`` uint8 (or float in
+    [0, 1]); ``rng`` is this step's key (per-example corruption keys and the
+    model's sampling key are split from it).
+  """
+
+  def train_step(state: TrainState, images: jax.Array, rng: jax.Array):
+    clean = to_float(images)
+    corrupt_key, sample_key = jax.random.split(rng)
+    noisy = corrupt(jax.random.split(corrupt_key, clean.shape[0]), clean)
+
+    def compute_loss(params):
+      reconstruction, updates = state.apply_fn(
+          {"params": params, "batch_stats": state.batch_stats},
+          noisy,
+          train=True,
+          mutable=["batch_stats", "aux"],
+          rngs={"sample": sample_key},
+      )
+      loss, terms = loss_fn(reconstruction, clean, _collect_aux(updates.get("aux", {})))
+      return loss, (updates.get("batch_stats", state.batch_stats), terms)
+
+    (loss, (batch_stats, terms)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+        state.params
+    )
+    step_metrics = {"loss": loss, **terms}
+    if axis_name is not None:
+      grads = jax.lax.pmean(grads, axis_name)
+      step_metrics = jax.lax.pmean(step_metrics, axis_name)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    return state, step_metrics
+
+  return train_step
+
+
+def make_eval_step(*, corrupt: corruptions.BatchCorruption) -> Callable:
+  """Builds ``eval_step(state, images, keys) -> per-image metrics``.
+
+  Returns PSNR, SSIM and MSE of the reconstruction and of the corrupted input
+  (the baseline), each ``[B]``. ``keys`` are per-example corruption keys.
+  """
+
+  reconstruct = make_reconstruct(corrupt=corrupt)
+
+  def eval_step(state: TrainState, images: jax.Array, keys: jax.Array):
+    clean = to_float(images)
+    noisy, reconstruction = reconstruct(state, clean, keys)
+    out = metrics.image_metrics(reconstruction, clean)
+    out.update({f"input_{k}": v for k, v in metrics.image_metrics(noisy, clean).items()})
+    return out
+
+  return eval_step
+
+
+def make_reconstruct(*, corrupt: corruptions.BatchCorruption) -> Callable:
+  """Builds ``reconstruct(state, images, keys) -> (corrupted, reconstruction)``."""
+
+  def reconstruct(state: TrainState, images: jax.Array, keys: jax.Array):
+    noisy = corrupt(keys, to_float(images))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return noisy, state.apply_fn(variables, noisy, train=False)
+
+  return reconstruct
+
+
+# ---------------------------------------------------------------------------
+# Compiled loops over device-resident data.
+# ---------------------------------------------------------------------------
+
+
+def largest_divisor_at_most(n: int, limit: int) -> int:
+  """Largest divisor of ``n`` that is <= ``limit`` (at least 1)."""
+  return max(d for d in range(1, min(n, max(limit, 1)) + 1) if n % d == 0)
+
+
+def make_train_loop(train_step: Callable, *, batch_size: int, steps_per_epoch: int,
+                    steps_per_call: int, batch_sharding: NamedSharding | None = None) -> Callable:
+  """``loop(state, images, perm, step_key) -> (state, metrics [steps_per_call])``.
+
+  Runs ``steps_per_call`` train steps in one ``lax.scan``; step ``s`` uses the
+  batch ``perm[(s mod steps_per_epoch) * batch_size :][:batch_size]`` of the
+  device-resident ``images`` and the key ``fold_in(step_key, s)``.
+  """
+
+  def loop(state, images, perm, step_key):
+    def body(state, _):
+      offset = (state.step % steps_per_epoch) * batch_size
+      idx = jax.lax.dynamic_slice_in_dim(perm, offset, batch_size)
+      batch = jnp.take(images, idx, axis=0)
+      if batch_sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      return train_step(state, batch, jax.random.fold_in(step_key, state.step))
+
+    return jax.lax.scan(body, state, None, length=steps_per_call)
+
+  return jax.jit(loop, donate_argnums=0)
+
+
+def make_evaluate(eval_step: Callable, *, num_examples: int, batch_size: int,
+                  batch_sharding: NamedSharding | None = None) -> Callable:
+  """``evaluate(state, images, key) -> {metric: mean over num_examples}``.
+
+  ``images`` is the split padded to a multiple of ``batch_size``; padding rows
+  are masked out. Example ``i`` is corrupted with ``fold_in(key, i)``, so the
+  result does not depend on the batch size.
+  """
+
+  def evaluate(state, images, key):
+    num_batches = images.shape[0] // batch_size
+
+    def body(sums, b):
+      start = b * batch_size
+      batch = jax.lax.dynamic_slice_in_dim(images, start, batch_size)
+      if batch_sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      index = start + jnp.arange(batch_size)
+      out = eval_step(state, batch, corruptions.example_keys(key, index))
+      valid = index < num_examples
+      return {k: sums[k] + jnp.sum(jnp.where(valid, v, 0.0)) for k, v in out.items()}, None
+
+    shapes = jax.eval_shape(eval_step, state, images[:batch_size], jax.random.split(key, batch_size))
+    zeros = {k: jnp.zeros((), jnp.float32) for k in shapes}
+    sums, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
+    return {k: v / num_examples for k, v in sums.items()}
+
+  return jax.jit(evaluate)
+
+
+def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
+  """Pads the leading axis with zeros up to a multiple of ``multiple``."""
+  extra = -len(images) % multiple
+  if not extra:
+    return np.asarray(images)
+  return np.concatenate([images, np.zeros((extra, *images.shape[1:]), images.dtype)])
+
+
+# ---------------------------------------------------------------------------
+# The driver.
+# ---------------------------------------------------------------------------
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """1-D data-parallel mesh over the first ``num_devices`` devices (0 = all)."""
+  devices = jax.devices()
+  if num_devices:
+    if num_devices > len(devices):
+      raise ValueError(
+          f"config.mesh.num_devices={num_devices} but only {len(devices)} devices are visible."
+      )
+    devices = devices[:num_devices]
+  return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def _check_finite(step_metrics: Mapping[str, np.ndarray], first_step: int) -> None:
+  for name, values in step_metrics.items():
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+      raise FloatingPointError(
+          f"{name} became {values[bad[0]]} at step {first_step + int(bad[0]) + 1}; training "
+          "stopped and the last checkpoint was kept. Lower config.optimizer.learning_rate or "
+          "check the data."
+      )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, evaluates every epoch, checkpoints, and writes the test results.
+
+  Resumes from the newest checkpoint in ``workdir`` if there is one.
+
+  Args:
+    config: an experiment config (see ``configs/default.py``).
+    workdir: output folder: checkpoints, metrics, pictures, results.json.
+
+  Returns:
+    The dictionary written to ``workdir/results.json``.
+  """
+  start_time = time.time()
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  writers.write_json(workdir / "config.json", config.to_dict())
+
+  # Data first: a missing dataset should fail before anything compiles.
+  splits = data.load(config.data)
+  image_shape = tuple(splits["train"].shape[1:])
+  mesh = make_mesh(config.mesh.num_devices)
+  num_devices = mesh.devices.size
+  batch_size = config.train.batch_size
+  if batch_size % num_devices:
+    raise ValueError(
+        f"config.train.batch_size={batch_size} must be a multiple of the {num_devices} devices."
+    )
+  steps_per_epoch = len(splits["train"]) // batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(
+        f"config.train.batch_size={batch_size} exceeds the {len(splits['train'])} training images."
+    )
+  steps_per_call = largest_divisor_at_most(steps_per_epoch, config.train.steps_per_call)
+  total_steps = steps_per_epoch * config.train.num_epochs
+  eval_batch = min(config.train.eval_batch_size, len(splits["val"]))
+  eval_batch = -(-eval_batch // num_devices) * num_devices
+
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  model = create_model(config, out_channels=image_shape[-1])
+  tx = create_optimizer(config)
+  corrupt = corruptions.parse(config.corruption, image_shape)
+  loss_fn = losses.create(config.loss)
+
+  root = jax.random.key(config.seed)
+  init_key, data_key, step_key, eval_key = jax.random.split(root, 4)
+  state = jax.jit(
+      functools.partial(init_state, model, tx, image_shape), out_shardings=replicated
+  )(init_key)
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.max_checkpoints)
+  state = ckpt.restore_latest(state)
+  start_step = int(state.step)
+  if start_step:
+    logging.info("Resumed from step %d.", start_step)
+
+  logging.info(
+      "%s: %d parameters; %d devices; %d steps/epoch, %d steps per compiled call.",
+      config.model.name,
+      sum(x.size for x in jax.tree.leaves(state.params)),
+      num_devices, steps_per_epoch, steps_per_call,
+  )
+
+  train_images = jax.device_put(np.asarray(splits["train"]), replicated)
+  eval_images = {
+      s: jax.device_put(pad_to_multiple(splits[s], eval_batch), replicated)
+      for s in ("val", "test")
+  }
+  train_loop = make_train_loop(
+      make_train_step(loss_fn=loss_fn, corrupt=corrupt),
+      batch_size=batch_size, steps_per_epoch=steps_per_epoch, steps_per_call=steps_per_call,
+      batch_sharding=batch_sharding,
+  )
+  eval_step = make_eval_step(corrupt=corrupt)
+  evaluators = {
+      s: make_evaluate(eval_step, num_examples=len(splits[s]), batch_size=eval_batch,
+                       batch_sharding=batch_sharding)
+      for s in ("val", "test")
+  }
+  permutation = jax.jit(
+      lambda epoch: jax.random.permutation(jax.random.fold_in(data_key, epoch),
+                                           len(splits["train"])),
+      out_shardings=replicated,
+  )
+
+  # Compile ahead of time so compile time is measured apart from training.
+  t0 = time.time()
+  train_loop = train_loop.lower(state, train_images, permutation(0), step_key).compile()
+  compile_s = time.time() - t0
+  logging.info("Compiled the train loop in %.1f s.", compile_s)
+
+  writer = writers.MetricWriter(workdir)
+  sample_images = np.asarray(splits["val"][: config.train.num_samples])
+  reconstruct = jax.jit(make_reconstruct(corrupt=corrupt))
+
+  train_time = 0.0
+  trained_images = 0
+  step = start_step
+  for epoch in range(start_step // steps_per_epoch, config.train.num_epochs):
+    perm = permutation(epoch)
+    epoch_losses = []
+    with tqdm(total=steps_per_epoch * batch_size, initial=(step % steps_per_epoch) * batch_size,
+              unit="img", desc=f"epoch {epoch + 1}/{config.train.num_epochs}",
+              dynamic_ncols=True, leave=False) as bar:
+      while step < (epoch + 1) * steps_per_epoch:
+        t = time.time()
+        state, step_metrics = train_loop(state, train_images, perm, step_key)
+        step_metrics = jax.device_get(step_metrics)
+        train_time += time.time() - t
+        _check_finite(step_metrics, step)
+        step += steps_per_call
+        trained_images += steps_per_call * batch_size
+        epoch_losses.append(step_metrics["loss"])
+        writer.write_scalars(step, {f"train/{k}": float(np.mean(v))
+                                    for k, v in step_metrics.items()})
+        bar.update(steps_per_call * batch_size)
+        bar.set_postfix(loss=f"{float(np.mean(step_metrics['loss'])):.4f}")
+
+    val = {k: float(v) for k, v in evaluators["val"](state, eval_images["val"], eval_key).items()}
+    writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()}
+                         | {"epoch": epoch + 1,
+                            "train/epoch_loss": float(np.mean(np.concatenate(epoch_losses)))})
+    logging.info("epoch %d: loss %.5f, val PSNR %.2f dB, SSIM %.4f (input %.2f / %.4f)",
+                 epoch + 1, float(np.mean(np.concatenate(epoch_losses))), val["psnr"],
+                 val["ssim"], val["input_psnr"], val["input_ssim"])
+    ckpt.save(step, state, metrics=val)
+    noisy, recon = jax.device_get(
+        reconstruct(state, sample_images, corruptions.example_keys(eval_key, np.arange(len(sample_images))))
+    )
+    plots.save_sample_grid(workdir / "samples" / f"epoch_{epoch + 1:03d}.png",
+                           noisy, recon, sample_images / 255.0)
+  ckpt.wait()
+
+  t = time.time()
+  test = {k: float(v) for k, v in evaluators["test"](state, eval_images["test"], eval_key).items()}
+  eval_s = time.time() - t
+  results = {
+      "config": config.to_dict(),
+      "step": int(state.step),
+      "test": {k: v for k, v in test.items() if not k.startswith("input_")},
+      "test_input": {k[len("input_"):]: v for k, v in test.items() if k.startswith("input_")},
+      "num_test_images": len(splits["test"]),
+      "devices": [str(d) for d in mesh.devices.flat],
+      "compile_s": compile_s,
+      "train_s": train_time,
+      "train_images_per_s": trained_images / train_time if train_time else math.nan,
+      "test_eval_s": eval_s,
+      "wall_s": time.time() - start_time,
+  }
+  writer.write_scalars(int(state.step), {f"test/{k}": v for k, v in test.items()})
+  writer.close()
+  writers.write_json(workdir / "results.json", results)
+  plots.save_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+  logging.info("test: PSNR %.2f dB, SSIM %.4f (corrupted input %.2f / %.4f); %s",
+               test["psnr"], test["ssim"], test["input_psnr"], test["input_ssim"],
+               workdir / "results.json")
+  return results

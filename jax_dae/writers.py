@@ -1,0 +1,66 @@
+"""Metric and result files: JSON lines, TensorBoard, atomic JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from absl import logging
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes JSON atomically: readers see the old file or the new one, never a torn one."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True, default=str)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+class MetricWriter:
+  """Appends ``{"step": s, name: value, ...}`` lines to ``metrics.jsonl`` and to TensorBoard."""
+
+  def __init__(self, workdir: str | os.PathLike):
+    self._file = open(Path(workdir) / "metrics.jsonl", "a")  # noqa: SIM115
+    try:
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(os.fspath(Path(workdir) / "tensorboard"))
+    except ImportError:
+      logging.warning("tensorboardX is not installed; writing metrics.jsonl only.")
+      self._tb = None
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    self._file.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
+                     + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for name, value in scalars.items():
+        self._tb.add_scalar(name, float(value), int(step))
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+  """Reads metrics.jsonl, skipping a torn last line left by a killed run."""
+  rows = []
+  for line in Path(path).read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return rows
