@@ -1,9 +1,21 @@
-"""Checkpoints of the train state with Orbax: save every epoch, resume by default."""
+"""Checkpoints of the train state with Orbax: the newest few and the best.
+
+Layout under a run's ``checkpoints/`` folder::
+
+    latest/<step>/   the newest ``max_to_keep`` states, one per epoch (resume)
+    best/<step>/     the state with the highest validation metric (inference)
+
+Orbax writes each checkpoint to a temporary folder and renames it when
+complete, so an interrupted save is never listed as a checkpoint. A listed
+checkpoint that cannot be read (damaged on disk) is skipped, with a warning
+naming it, for the previous one.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -11,44 +23,91 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
-class Checkpointer:
-  """Keeps the newest ``max_to_keep`` checkpoints of a train state in ``directory``.
+def _manager(directory: Path, **options) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.fspath(directory.absolute()),
+      options=ocp.CheckpointManagerOptions(create=True, **options),
+  )
 
-  Orbax writes each checkpoint to a temporary folder and renames it when
-  complete, so an interrupted save is never mistaken for a checkpoint.
+
+def _abstract(state: Any) -> Any:
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      state,
+  )
+
+
+class Checkpointer:
+  """Saves a train state every epoch and keeps the best by a validation metric.
+
+  Args:
+    directory: the run's checkpoint folder.
+    max_to_keep: newest checkpoints kept for resuming.
+    best_metric: key of the metrics passed to ``save`` that ranks checkpoints
+      (higher is better).
   """
 
-  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3):
-    self._manager = ocp.CheckpointManager(
-        os.fspath(os.path.abspath(directory)),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-    )
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
+               best_metric: str = "psnr"):
+    if max_to_keep < 1:
+      raise ValueError(f"config.train.max_checkpoints must be >= 1, got {max_to_keep}.")
+    directory = Path(directory)
+    self._best_metric = best_metric
+    self._latest = _manager(directory / "latest", max_to_keep=max_to_keep)
+    self._best = _manager(directory / "best", max_to_keep=1, best_fn=lambda m: m[best_metric],
+                          best_mode="max")
+    steps = self._best.all_steps()
+    metrics = self._best.metrics(steps[-1]) if steps else None
+    self._best_value = metrics[best_metric] if metrics else -float("inf")
 
   def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    return self._latest.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._best.latest_step()
 
   def save(self, step: int, state: Any, metrics: Mapping[str, float] | None = None) -> None:
-    """Starts saving ``state`` at ``step`` (asynchronously; see ``wait``)."""
-    self._manager.save(step, args=ocp.args.StandardSave(state),
-                       metrics=dict(metrics) if metrics else None)
+    """Saves ``state`` at ``step``; also as the best if ``metrics`` beat the best so far.
+
+    Saves run in the background; ``wait`` blocks until they are on disk.
+    """
+    metrics = {k: float(v) for k, v in (metrics or {}).items()}
+    self._latest.save(step, args=ocp.args.StandardSave(state), metrics=metrics or None)
+    value = metrics.get(self._best_metric)
+    if value is not None and value > self._best_value:
+      self._best_value = value
+      self._best.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
+
+  def _restore_newest(self, manager: ocp.CheckpointManager, state: Any) -> Any | None:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
+      except Exception as e:  # A damaged checkpoint raises many kinds of errors.
+        logging.warning("Checkpoint %s/%d is damaged and was skipped: %s",
+                        manager.directory, step, str(e).splitlines()[0] if str(e) else e)
+        continue
+      logging.info("Restored checkpoint %s/%d.", manager.directory, step)
+      return restored
+    return None
 
   def restore_latest(self, state: Any) -> Any:
-    """The newest checkpoint restored into ``state``'s structure and shardings.
+    """The newest readable checkpoint in ``state``'s structure and shardings.
 
-    Returns ``state`` unchanged when there is no checkpoint.
+    Returns ``state`` unchanged when there is none.
     """
-    step = self._manager.latest_step()
-    if step is None:
-      return state
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
-    )
-    logging.info("Restoring checkpoint at step %d.", step)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    restored = self._restore_newest(self._latest, state)
+    return state if restored is None else restored
+
+  def restore_best(self, state: Any) -> Any:
+    """The best checkpoint, else the newest; ``state`` unchanged when there is none."""
+    restored = self._restore_newest(self._best, state)
+    return self.restore_latest(state) if restored is None else restored
 
   def wait(self) -> None:
     """Blocks until pending saves are on disk."""
-    self._manager.wait_until_finished()
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.close()
+    self._latest.close()
+    self._best.close()

@@ -6,6 +6,7 @@ This file is kept short on purpose; the logic lives in ``jax_dae.train``.
 """
 
 import logging as logging_std
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -40,7 +41,13 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
   logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.devices())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    # Configuration, data and divergence errors carry a message that says what
+    # to change; a traceback would only bury it.
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

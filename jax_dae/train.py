@@ -241,7 +241,8 @@ def make_evaluate(eval_step: Callable, *, num_examples: int, batch_size: int,
       valid = index < num_examples
       return {k: sums[k] + jnp.sum(jnp.where(valid, v, 0.0)) for k, v in out.items()}, None
 
-    shapes = jax.eval_shape(eval_step, state, images[:batch_size], jax.random.split(key, batch_size))
+    shapes = jax.eval_shape(eval_step, state, images[:batch_size],
+                            jax.random.split(key, batch_size))
     zeros = {k: jnp.zeros((), jnp.float32) for k in shapes}
     sums, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
     return {k: v / num_examples for k, v in sums.items()}
@@ -274,6 +275,59 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects bad names and values before any data is read or anything compiles.
+
+  Raises:
+    ValueError: one line naming the field, the value and what is allowed.
+  """
+  if config.model.name not in models.available():
+    raise ValueError(f"config.model.name={config.model.name!r} is unknown; available: "
+                     f"{', '.join(models.available())}.")
+  if config.model.dtype not in _DTYPES:
+    raise ValueError(f"config.model.dtype={config.model.dtype!r} is unknown; allowed: "
+                     f"{', '.join(_DTYPES)}.")
+  if config.loss.name not in losses.available():
+    raise ValueError(f"config.loss.name={config.loss.name!r} is unknown; available: "
+                     f"{', '.join(losses.available())}.")
+  if config.data.name not in data.available():
+    raise ValueError(f"config.data.name={config.data.name!r} is unknown; available: "
+                     f"{', '.join(data.available())}.")
+  try:
+    corruptions.parse(config.corruption)
+  except ValueError as e:
+    raise ValueError(f"config.corruption={config.corruption!r}: {e}") from None
+  create_optimizer(config)
+  positive = {
+      "config.train.batch_size": config.train.batch_size,
+      "config.train.num_epochs": config.train.num_epochs,
+      "config.train.steps_per_call": config.train.steps_per_call,
+      "config.train.eval_batch_size": config.train.eval_batch_size,
+      "config.train.max_checkpoints": config.train.max_checkpoints,
+  }
+  for field, value in positive.items():
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{field}={value!r} must be an integer >= 1.")
+  if config.train.num_samples < 0:
+    raise ValueError(f"config.train.num_samples={config.train.num_samples} must be >= 0.")
+  if config.mesh.num_devices < 0:
+    raise ValueError(f"config.mesh.num_devices={config.mesh.num_devices} must be >= 0 "
+                     "(0 = all local devices).")
+
+
+def check_model_fits_data(model: nn.Module, name: str, image_shape: tuple[int, ...]) -> None:
+  """Raises a one-line error if the model cannot map images of this shape to themselves."""
+  try:
+    out = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, *image_shape)))[0])
+  except Exception as e:  # Shape errors surface as many exception types.
+    raise ValueError(f"config.model.name={name!r} cannot take images of shape {image_shape} "
+                     f"from config.data: {str(e).splitlines()[0]}") from None
+  if out.shape[1:] != tuple(image_shape):
+    raise ValueError(f"config.model.name={name!r} maps images of shape {image_shape} to "
+                     f"{out.shape[1:]}; pick a model made for config.data's image size.")
+
+
 def _check_finite(step_metrics: Mapping[str, np.ndarray], first_step: int) -> None:
   for name, values in step_metrics.items():
     bad = np.flatnonzero(~np.isfinite(values))
@@ -298,6 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The dictionary written to ``workdir/results.json``.
   """
   start_time = time.time()
+  validate_config(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   writers.write_json(workdir / "config.json", config.to_dict())
@@ -318,13 +373,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"config.train.batch_size={batch_size} exceeds the {len(splits['train'])} training images."
     )
   steps_per_call = largest_divisor_at_most(steps_per_epoch, config.train.steps_per_call)
-  total_steps = steps_per_epoch * config.train.num_epochs
   eval_batch = min(config.train.eval_batch_size, len(splits["val"]))
   eval_batch = -(-eval_batch // num_devices) * num_devices
 
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   model = create_model(config, out_channels=image_shape[-1])
+  check_model_fits_data(model, config.model.name, image_shape)
   tx = create_optimizer(config)
   corrupt = corruptions.parse(config.corruption, image_shape)
   loss_fn = losses.create(config.loss)
@@ -334,7 +389,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = jax.jit(
       functools.partial(init_state, model, tx, image_shape), out_shardings=replicated
   )(init_key)
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.max_checkpoints)
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.max_checkpoints,
+                                best_metric="psnr")
   state = ckpt.restore_latest(state)
   start_step = int(state.step)
   if start_step:
@@ -411,7 +467,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  val["ssim"], val["input_psnr"], val["input_ssim"])
     ckpt.save(step, state, metrics=val)
     noisy, recon = jax.device_get(
-        reconstruct(state, sample_images, corruptions.example_keys(eval_key, np.arange(len(sample_images))))
+        reconstruct(state, sample_images,
+                    corruptions.example_keys(eval_key, np.arange(len(sample_images))))
     )
     plots.save_sample_grid(workdir / "samples" / f"epoch_{epoch + 1:03d}.png",
                            noisy, recon, sample_images / 255.0)
@@ -420,11 +477,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t = time.time()
   test = {k: float(v) for k, v in evaluators["test"](state, eval_images["test"], eval_key).items()}
   eval_s = time.time() - t
+  best_state = ckpt.restore_best(state)
+  test_best = {k: float(v) for k, v in
+               evaluators["test"](best_state, eval_images["test"], eval_key).items()}
+
+  def model_only(m):
+    return {k: v for k, v in m.items() if not k.startswith("input_")}
+
   results = {
       "config": config.to_dict(),
       "step": int(state.step),
-      "test": {k: v for k, v in test.items() if not k.startswith("input_")},
+      "test": model_only(test),
       "test_input": {k[len("input_"):]: v for k, v in test.items() if k.startswith("input_")},
+      "best_val_step": int(best_state.step),
+      "test_at_best_val": model_only(test_best),
       "num_test_images": len(splits["test"]),
       "devices": [str(d) for d in mesh.devices.flat],
       "compile_s": compile_s,

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from jax_dae.data import lfw, preprocess
 
@@ -41,7 +40,8 @@ FULL = 250
 
 
 def crop_losslessly(data: bytes) -> bytes:
-  cmd = ["jpegtran", "-copy", "none", "-optimize", "-perfect", "-crop", f"{SIZE}x{SIZE}+{ORIGIN}+{ORIGIN}"]
+  crop = f"{SIZE}x{SIZE}+{ORIGIN}+{ORIGIN}"
+  cmd = ["jpegtran", "-copy", "none", "-optimize", "-perfect", "-crop", crop]
   return subprocess.run(cmd, input=data, capture_output=True, check=True).stdout
 
 

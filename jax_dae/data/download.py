@@ -26,7 +26,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
   return h.hexdigest()
 
 
-def download(url: str, dest: str | os.PathLike, *, sha256: str | None, timeout: float = 30.0) -> Path:
+def download(url: str, dest: str | os.PathLike, *, sha256: str | None,
+             timeout: float = 30.0) -> Path:
   """Downloads ``url`` to ``dest`` atomically and checks its sha256.
 
   The file appears at ``dest`` only once it is complete and its checksum
