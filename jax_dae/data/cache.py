@@ -34,13 +34,49 @@ def cache_key(params: Mapping) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def entry_path(name: str, params: Mapping, cache_dir: str | os.PathLike | None = None) -> Path:
+  """Folder of the cache entry for ``name`` and ``params`` (it may not exist)."""
+  root = Path(cache_dir) if cache_dir else default_cache_dir()
+  return root / f"{name}-{cache_key(params)}"
+
+
+def read_manifest(name: str, params: Mapping, cache_dir: str | os.PathLike | None = None):
+  """The manifest of a complete cache entry as a dict, or ``None`` if there is none."""
+  entry = entry_path(name, params, cache_dir)
+  if _complete_splits(entry) is None:
+    return None
+  return json.loads((entry / "manifest.json").read_text())
+
+
+def files_fingerprint(root: str | os.PathLike, relpaths: list[str]) -> str:
+  """Cheap content fingerprint of many files: sha256 over (relative path, size, mtime).
+
+  Editing, adding, removing or renaming a file changes it; rewriting a file
+  with identical bytes and mtime does not (acceptable for image folders,
+  whose files are not hashed because that would read the whole dataset).
+  """
+  root = Path(root)
+  h = hashlib.sha256()
+  for rel in sorted(relpaths):
+    st = (root / rel).stat()
+    h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+  return h.hexdigest()
+
+
 def cached_splits(
     name: str,
     params: Mapping,
     build: Callable[[], Mapping[str, np.ndarray]],
     cache_dir: str | os.PathLike | None = None,
+    *,
+    extra: Callable[[], Mapping] | None = None,
 ) -> dict[str, np.ndarray]:
   """Returns the splits from the cache, building and storing them if needed.
+
+  Only a folder with ``manifest.json`` counts as an entry; the manifest is
+  written last, inside a temporary folder that is renamed into place, so a
+  half-written entry (a leftover ``.<entry>.*`` folder, or one without a
+  manifest) is never read.
 
   Args:
     name: readable prefix of the entry's folder name.
@@ -48,15 +84,17 @@ def cached_splits(
       preprocessing, split); it is hashed into the key and stored.
     build: makes ``{split: uint8 array}`` when the entry is missing.
     cache_dir: root folder; ``default_cache_dir()`` if ``None``.
+    extra: called after ``build``; its JSON-serialisable result is stored in
+      the manifest under ``"extra"`` (e.g. the files a source skipped), for
+      ``read_manifest``.
 
   Returns:
     ``{split: array}``, memory-mapped read-only from the cache.
   """
-  root = Path(cache_dir) if cache_dir else default_cache_dir()
-  entry = root / f"{name}-{cache_key(params)}"
+  entry = entry_path(name, params, cache_dir)
+  root = entry.parent
   manifest = entry / "manifest.json"
-  if manifest.is_file():
-    splits = json.loads(manifest.read_text())["splits"]
+  if (splits := _complete_splits(entry)) is not None:
     logging.info("Reusing data cache %s", entry)
     return {s: np.load(entry / f"{s}.npy", mmap_mode="r") for s in splits}
 
@@ -71,7 +109,11 @@ def cached_splits(
         "splits": list(arrays),
         "shapes": {s: list(a.shape) for s, a in arrays.items()},
     }
+    if extra is not None:
+      meta["extra"] = dict(extra())
     (tmp / "manifest.json").write_text(json.dumps(meta, indent=1, default=str))
+    if entry.exists():
+      _discard_incomplete(entry)
     try:
       os.rename(tmp, entry)
     except OSError:
@@ -82,3 +124,30 @@ def cached_splits(
     shutil.rmtree(tmp, ignore_errors=True)
   logging.info("Wrote data cache %s", entry)
   return {s: np.load(entry / f"{s}.npy", mmap_mode="r") for s in arrays}
+
+
+def _complete_splits(entry: Path) -> list[str] | None:
+  """The split names of a complete entry (manifest readable, every file there), else None."""
+  try:
+    splits = json.loads((entry / "manifest.json").read_text())["splits"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  return splits if all((entry / f"{s}.npy").is_file() for s in splits) else None
+
+
+def _discard_incomplete(entry: Path) -> None:
+  """Moves aside and deletes an entry folder that lacks its manifest or a split file.
+
+  Complete entries only ever appear by renaming a finished folder, so such a
+  folder is debris (a copy interrupted by hand, a file deleted later).
+  """
+  if _complete_splits(entry) is not None:
+    return
+  logging.warning("Ignoring incomplete data cache %s; replacing it.", entry)
+  trash = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.trash."))
+  try:
+    os.rename(entry, trash / "entry")
+  except FileNotFoundError:
+    pass  # Another process removed it first.
+  finally:
+    shutil.rmtree(trash, ignore_errors=True)

@@ -15,6 +15,13 @@ Seed 000: resize 250 -> 224, center crop 112, RGB, random split into test 3708
 / validation 1905 / train 7620. Images stay uint8; normalisation belongs to
 the model. Seed 000 used the *funneled* variant; the default here is the
 deep-funneled one (the copy available offline); alignment differs slightly.
+
+The same source gives the face sets that stand in for data we cannot get
+(``PRESETS``): ``config.data.mode="L"`` with resize/crop 100 for seed 002's
+100x100 grayscale faces (IMDB-WIKI), and resize/crop 64 in RGB for seed 001's
+64x64 images (AFHQ). Both shrink the whole 250x250 frame (no crop), as seed
+001 did to AFHQ ("reducing the image size to 64x64"); LFW's frame, a face
+with some background, is close to IMDB-WIKI's face crops with margin.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from jax_dae.data import cache, download, preprocess
+from jax_dae.data import cache, download, preprocess, splits
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,13 @@ VARIANTS = {
         archive_sha256="055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8d536c0",
         content_sha256=None,
     ),
+}
+# Field values of config.data for the substitute face sets (name="lfw").
+PRESETS = {
+    # Seed 002 (dual AE): grayscale 100x100 faces instead of IMDB-WIKI.
+    "gray100": {"mode": "L", "resize": 100, "crop": 100},
+    # Seed 001 (Graz AE): 64x64 RGB images instead of AFHQ cats and dogs.
+    "rgb64": {"mode": "RGB", "resize": 64, "crop": 64},
 }
 CARRY_SUFFIX = ".crop.tar"
 CARRY_META = "CROP.json"
@@ -168,30 +182,21 @@ def split_indices(num_images: int, sizes: dict[str, int], seed: int) -> dict[str
   """Deterministic random split: one permutation, cut in config order.
 
   With seed 000's sizes the three parts cover all 13,233 images; smaller sizes
-  take a random subset of them (the smoke settings do this).
+  take a random subset of them (the smoke settings do this). Same as
+  ``splits.split_indices``, which every source shares.
   """
-  if any(n < 0 for n in sizes.values()):
-    raise ValueError(f"config.data.split sizes must be >= 0, got {dict(sizes)}.")
-  if sum(sizes.values()) > num_images:
-    raise ValueError(
-        f"config.data.split asks for {sum(sizes.values())} images but the source has "
-        f"{num_images}."
-    )
-  order = np.random.default_rng(seed).permutation(num_images)
-  out, start = {}, 0
-  for split, n in sizes.items():
-    out[split] = np.sort(order[start : start + n])
-    start += n
-  return out
+  return splits.split_indices(num_images, sizes, seed)
 
 
-def _decode_all(source: _Source, names: list[str], resize: int, crop: int) -> np.ndarray:
+def _decode_all(
+    source: _Source, names: list[str], resize: int, crop: int, mode: str = "RGB"
+) -> np.ndarray:
   """Decodes and preprocesses ``names`` (in that order) with all local cores."""
   position = {name: i for i, name in enumerate(names)}
-  out = np.zeros((len(names), crop, crop, 3), np.uint8)
+  out = np.zeros((len(names), crop, crop, 3 if mode == "RGB" else 1), np.uint8)
 
   def work(name: str, data: bytes) -> None:
-    image = preprocess.decode(data, mode="RGB", name=f"{source.path}:{name}")
+    image = preprocess.decode(data, mode=mode, name=f"{source.path}:{name}")
     out[position[name]] = preprocess.resize_center_crop(
         image, resize=resize, crop=crop, origin=source.origin, full_size=source.full_size
     )
@@ -218,11 +223,18 @@ def load(config) -> dict[str, np.ndarray]:
 
   Args:
     config: ``config.data`` with ``dir``, ``variant``, ``resize``, ``crop``,
-      ``split`` (ordered sizes), ``split_seed``, ``download``, ``cache_dir``.
+      ``split`` (ordered sizes: counts, or fractions of the 13,233 images),
+      ``split_seed``, ``download``, ``cache_dir`` and optionally ``mode``
+      ("RGB", the default, or "L").
 
   Returns:
-    ``{split: [N, crop, crop, 3] uint8}``.
+    ``{split: [N, crop, crop, 3] uint8}`` (``[..., 1]`` for mode "L").
   """
+  mode = config.get("mode", "RGB")
+  if mode not in preprocess.MODES:
+    raise ValueError(
+        f"config.data.mode={mode!r} is unknown; allowed: {', '.join(preprocess.MODES)}."
+    )
   sizes = dict(config.split)
   if config.variant == "tfds":
     names, ds = _tfds_images()
@@ -238,20 +250,24 @@ def load(config) -> dict[str, np.ndarray]:
       "split": sizes,
       "split_seed": config.split_seed,
   }
+  if mode != "RGB":  # RGB entries keep the keys they had before modes existed.
+    params["mode"] = mode
 
   def build() -> dict[str, np.ndarray]:
-    indices = split_indices(len(names), sizes, config.split_seed)
+    counts = {s: splits.count(n, len(names), split=s) for s, n in sizes.items()}
+    indices = split_indices(len(names), counts, config.split_seed)
     if config.variant == "tfds":
       from PIL import Image
 
       def one(i):
         return preprocess.resize_center_crop(
-            Image.fromarray(ds[int(i)]["image"]), resize=config.resize, crop=config.crop
+            Image.fromarray(ds[int(i)]["image"]).convert(mode),
+            resize=config.resize, crop=config.crop,
         )
 
       return {s: np.stack([one(i) for i in idx]) for s, idx in indices.items()}
     wanted = sorted({names[i] for idx in indices.values() for i in idx})
-    images = _decode_all(source, wanted, config.resize, config.crop)
+    images = _decode_all(source, wanted, config.resize, config.crop, mode)
     row = {name: r for r, name in enumerate(wanted)}
     return {s: images[[row[names[i]] for i in idx]] for s, idx in indices.items()}
 

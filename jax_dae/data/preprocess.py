@@ -1,11 +1,42 @@
-"""Image preprocessing shared by every source: decode, resize, center crop."""
+"""Image preprocessing shared by every source: decode, convert, resize, center crop.
+
+Policies (the same for every source):
+  * mode: ``"RGB"`` gives 3 channels, ``"L"`` gives 1 (ITU-R 601-2 luma,
+    PIL's ``convert("L")``); grayscale images asked for as RGB repeat the gray
+    value. Palette images are expanded first.
+  * alpha (RGBA, LA, PA, palette transparency): composited over a uniform
+    ``background`` gray level (default 255, white), then converted.
+  * 16-bit images (16-bit PNG/PGM; PIL modes ``I;16*`` and ``I``) are scaled
+    to 8 bits by ``round(v * 255 / 65535)``.
+  * other modes (floating point ``F``, 32-bit values beyond 16 bits, ...) are
+    rejected as "unexpected mode".
+  * size: ``resize`` > 0 scales the shorter side to ``resize`` (bilinear);
+    ``crop`` > 0 then takes the central ``crop x crop`` square. ``0`` skips
+    either step; without a crop all images must end up the same size.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
+import os
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
+
+MODES = ("RGB", "L")
+
+
+class BadImageError(ValueError):
+  """One image file cannot be used: it does not decode, or its mode or size is unexpected."""
+
+
+# Modes that convert() knows how to turn into RGB or L.
+_DIRECT_MODES = {"1", "L", "RGB", "CMYK", "YCbCr", "RGBX"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
 def resize_center_crop(
@@ -54,15 +85,122 @@ def resize_center_crop(
   return array[..., None] if array.ndim == 2 else array
 
 
-def decode(data: bytes, *, mode: str, name: str) -> Image.Image:
+def decode(data: bytes, *, mode: str, name: str, background: int | None = None) -> Image.Image:
   """Decodes image bytes and converts to ``mode`` ("RGB" or "L").
 
+  Args:
+    data: encoded image (any format PIL reads).
+    mode: "RGB" or "L".
+    name: the file's name, for error messages.
+    background: ``None`` converts with PIL's ``convert(mode)`` (alpha is
+      dropped); an int 0..255 applies ``convert``'s policy (alpha composited
+      over that gray level, 16-bit scaled, odd modes rejected).
+
   Raises:
-    ValueError: naming ``name`` when the bytes are not a readable image.
+    ValueError: naming ``name`` when the bytes are not a readable image (or,
+      with ``background`` set, when its mode is not supported).
   """
   try:
     image = Image.open(io.BytesIO(data))
     image.load()
   except Exception as e:  # PIL raises several types for broken files.
-    raise ValueError(f"Cannot decode image {name}: {e}") from None
+    raise BadImageError(f"Cannot decode image {name}: {e}") from None
+  if background is None:
+    return image.convert(mode)
+  return convert(image, mode=mode, background=background, name=name)
+
+
+def convert(image: Image.Image, *, mode: str, background: int = 255, name: str = "") -> Image.Image:
+  """Converts a decoded image to ``mode`` by the policy in the module docstring.
+
+  Args:
+    image: decoded PIL image.
+    mode: "RGB" or "L".
+    background: gray level (0..255) that transparent pixels are composited on.
+    name: the image's name, for error messages.
+
+  Returns:
+    A PIL image in ``mode``.
+
+  Raises:
+    BadImageError: the image's mode has no defined conversion.
+  """
+  if mode not in MODES:
+    raise ValueError(f"config.data.mode={mode!r} is unknown; allowed: {', '.join(MODES)}.")
+  if image.mode == mode:
+    return image
+  if image.mode == "P":
+    image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+  if image.mode in _WIDE_MODES:
+    values = np.asarray(image, dtype=np.int64)
+    if values.min() < 0 or values.max() > 65535:
+      raise BadImageError(
+          f"Image {name} has mode {image.mode} with values outside 0..65535; convert it to "
+          "8-bit RGB or grayscale."
+      )
+    image = Image.fromarray(np.round(values * (255 / 65535)).astype(np.uint8), mode="L")
+  if image.mode in _ALPHA_MODES:
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (background,) * 3 + (255,))
+    image = Image.alpha_composite(canvas, rgba).convert("RGB")
+  if image.mode not in _DIRECT_MODES:
+    raise BadImageError(
+        f"Image {name} has mode {image.mode!r}, which has no defined conversion to {mode}; "
+        "convert it to 8-bit RGB or grayscale."
+    )
   return image.convert(mode)
+
+
+def fit(image: Image.Image, *, resize: int, crop: int, name: str = "") -> np.ndarray:
+  """Applies the size policy: optional shorter-side resize, optional center crop.
+
+  Args:
+    image: decoded image, already in its final mode.
+    resize: shorter side after resizing (bilinear); 0 keeps the size.
+    crop: side of the central square crop; 0 keeps the whole image.
+    name: the image's name, for error messages.
+
+  Returns:
+    ``[H, W, bands]`` uint8 array.
+
+  Raises:
+    BadImageError: the image is smaller than the crop.
+  """
+  if resize < 0 or crop < 0:
+    raise ValueError(f"config.data.resize={resize} and crop={crop} must be >= 0.")
+  if resize and crop:
+    if crop > resize:
+      raise ValueError(f"config.data.crop={crop} exceeds config.data.resize={resize}.")
+    return resize_center_crop(image, resize=resize, crop=crop)
+  width, height = image.size
+  if resize:
+    scale = resize / min(width, height)
+    new_size = (round(width * scale), round(height * scale))
+    if new_size != image.size:
+      image = image.resize(new_size, Image.Resampling.BILINEAR)
+  elif crop:
+    if crop > min(width, height):
+      raise BadImageError(
+          f"Image {name} is {width}x{height}, smaller than config.data.crop={crop}; set "
+          "config.data.resize to scale images first, or remove the file."
+      )
+    left, top = (width - crop) // 2, (height - crop) // 2
+    image = image.crop((left, top, left + crop, top + crop))
+  array = np.asarray(image, dtype=np.uint8)
+  return array[..., None] if array.ndim == 2 else array
+
+
+def parallel_map(
+    fn: Callable, items: Iterable, *, total: int | None = None, desc: str = "Preprocessing"
+) -> Iterator:
+  """``fn(*item)`` for every item on all local cores (threads; PIL releases the GIL).
+
+  Yields ``(item, result or exception)`` in completion order, so a caller can
+  decide per item whether an error stops everything.
+  """
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    futures = {pool.submit(fn, *item): item for item in items}
+    for f in tqdm(concurrent.futures.as_completed(futures), total=total or len(futures),
+                  desc=desc, unit="img", leave=False):
+      error = f.exception()
+      yield futures[f], (error if error is not None else f.result())
