@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -31,10 +32,11 @@ def _manager(directory: Path, **options) -> ocp.CheckpointManager:
 
 
 def _abstract(state: Any) -> Any:
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-      state,
-  )
+  def leaf(x):
+    x = x if hasattr(x, "shape") else np.asarray(x)  # a Python step counter
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+  return jax.tree.map(leaf, state)
 
 
 class Checkpointer:
