@@ -23,8 +23,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Shorter side after resizing, then side of the center crop (seed 000).
   config.data.resize = 224
   config.data.crop = 112
-  # Split sizes in the order they are cut from one seeded permutation.
+  # Split sizes (counts, or fractions of the source) cut from one seeded
+  # permutation, in the key order of the ConfigDict (alphabetical).
   config.data.split = ml_collections.ConfigDict({"test": 3708, "val": 1905, "train": 7620})
+  # Map an output split to a source's own split (e.g. {"test": "test"} for
+  # MNIST's official test set); empty: everything is cut from one pool.
+  config.data.split_from = ml_collections.ConfigDict()
   # Seed of that permutation (independent of config.seed so that model seeds
   # can vary on a fixed split).
   config.data.split_seed = 0
@@ -32,6 +36,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.download = True
   # Where preprocessed splits are cached ("" = $JAX_DAE_CACHE or ~/.cache/jax_dae).
   config.data.cache_dir = ""
+  # Colour mode of the images: RGB or L (grayscale).
+  config.data.mode = "RGB"
+  # Grey level that transparent pixels are composited on (image folders).
+  config.data.background = 255
+  # Skip (and count) unreadable files in image folders instead of stopping.
+  config.data.skip_bad_files = False
+  # TFDS sources: builder name, data dir ("" = TFDS default), image feature.
+  config.data.tfds_name = ""
+  config.data.tfds_data_dir = ""
+  config.data.image_key = "image"
+  # Where the training split lives: device (resident on the accelerators, the
+  # fast path), host (streamed with prefetch), auto (device when it fits).
+  config.data.placement = "auto"
+  # Share of free device memory the split may take under placement=auto.
+  config.data.device_memory_fraction = 0.5
+  # Batches (of steps_per_call steps) kept ready on the devices when streaming.
+  config.data.prefetch = 2
 
   # Corruption applied to the clean images inside the step: see
   # jax_dae.corruptions.available(); ops separated by "|".

@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from jax_dae import checkpoint, corruptions, data, losses, metrics, models, plots, writers
+from jax_dae.data import pipeline
 
 DATA_AXIS = "data"
 
@@ -219,6 +220,22 @@ def make_train_loop(train_step: Callable, *, batch_size: int, steps_per_epoch: i
   return jax.jit(loop, donate_argnums=0)
 
 
+def make_streaming_train_loop(train_step: Callable) -> Callable:
+  """``loop(state, batches, step_key) -> (state, metrics [K])`` over host-fed batches.
+
+  ``batches`` is ``[K, B, H, W, C]``: K steps' batches stacked by
+  ``data.pipeline.host_batches`` (same rows as the device-resident loop draws).
+  """
+
+  def loop(state, batches, step_key):
+    def body(state, batch):
+      return train_step(state, batch, jax.random.fold_in(step_key, state.step))
+
+    return jax.lax.scan(body, state, batches)
+
+  return jax.jit(loop, donate_argnums=0)
+
+
 def make_evaluate(eval_step: Callable, *, num_examples: int, batch_size: int,
                   batch_sharding: NamedSharding | None = None) -> Callable:
   """``evaluate(state, images, key) -> {metric: mean over num_examples}``.
@@ -339,6 +356,96 @@ def _check_finite(step_metrics: Mapping[str, np.ndarray], first_step: int) -> No
       )
 
 
+class _DeviceFeed:
+  """Training data resident on the devices; the compiled loop gathers each batch."""
+
+  def __init__(self, train_step, images, data_key, step_key, *, replicated, batch_sharding,
+               batch_size, steps_per_epoch, steps_per_call):
+    self._images = jax.device_put(np.asarray(images), replicated)
+    self._step_key = step_key
+    self._loop = make_train_loop(train_step, batch_size=batch_size,
+                                 steps_per_epoch=steps_per_epoch, steps_per_call=steps_per_call,
+                                 batch_sharding=batch_sharding)
+    self._permutation = jax.jit(
+        lambda epoch: jax.random.permutation(jax.random.fold_in(data_key, epoch), len(images)),
+        out_shardings=replicated)
+    self._perm = None
+
+  def compile(self, state):
+    self._loop = self._loop.lower(state, self._images, self._permutation(0),
+                                  self._step_key).compile()
+
+  def start_epoch(self, epoch: int) -> None:
+    self._perm = self._permutation(epoch)
+
+  def run(self, state):
+    return self._loop(state, self._images, self._perm, self._step_key)
+
+  def close(self) -> None:
+    pass
+
+
+class _HostFeed:
+  """Training data streamed from host memory or disk, prefetched to the devices."""
+
+  def __init__(self, train_step, images, data_key, step_key, *, mesh, batch_size,
+               steps_per_epoch, steps_per_call, start_step, num_steps, prefetch):
+    sharding = NamedSharding(mesh, P(None, DATA_AXIS))
+    self._shape = jax.ShapeDtypeStruct((steps_per_call, batch_size, *images.shape[1:]),
+                                       images.dtype, sharding=sharding)
+    self._step_key = step_key
+    self._loop = make_streaming_train_loop(train_step)
+    self._batches = pipeline.host_batches(
+        images, data_key=data_key, batch_size=batch_size, sharding=sharding,
+        start_step=start_step, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
+        steps_per_item=steps_per_call, prefetch=prefetch)
+
+  def compile(self, state):
+    self._loop = self._loop.lower(state, self._shape, self._step_key).compile()
+
+  def start_epoch(self, epoch: int) -> None:
+    del epoch  # The stream knows the epoch of every step.
+
+  def run(self, state):
+    return self._loop(state, next(self._batches), self._step_key)
+
+  def close(self) -> None:
+    self._batches.close()
+
+
+class _Evaluator:
+  """Mean metrics over a split, from device-resident data or streamed batches."""
+
+  def __init__(self, eval_step, images, key, *, placement, replicated, batch_sharding,
+               batch_size):
+    self._key = key
+    self._num = len(images)
+    if placement == "device":
+      self._images = jax.device_put(pad_to_multiple(images, batch_size), replicated)
+      self._evaluate = make_evaluate(eval_step, num_examples=self._num, batch_size=batch_size,
+                                     batch_sharding=batch_sharding)
+    else:
+      self._images = images
+      self._step = jax.jit(eval_step)
+      self._sharding = batch_sharding
+      self._batch_size = batch_size
+
+  def __call__(self, state) -> dict[str, float]:
+    if hasattr(self, "_evaluate"):
+      return {k: float(v) for k, v in self._evaluate(state, self._images, self._key).items()}
+    sums, start = {}, 0
+    with pipeline.eval_batches(self._images, batch_size=self._batch_size,
+                               sharding=self._sharding) as batches:
+      for batch, valid in batches:
+        index = start + np.arange(self._batch_size)
+        out = jax.device_get(self._step(state, batch,
+                                        corruptions.example_keys(self._key, index)))
+        for k, v in out.items():
+          sums[k] = sums.get(k, 0.0) + float(np.sum(v[:valid], dtype=np.float64))
+        start += self._batch_size
+    return {k: v / self._num for k, v in sums.items()}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates every epoch, checkpoints, and writes the test results.
 
@@ -403,31 +510,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       num_devices, steps_per_epoch, steps_per_call,
   )
 
-  train_images = jax.device_put(np.asarray(splits["train"]), replicated)
-  eval_images = {
-      s: jax.device_put(pad_to_multiple(splits[s], eval_batch), replicated)
-      for s in ("val", "test")
-  }
-  train_loop = make_train_loop(
-      make_train_step(loss_fn=loss_fn, corrupt=corrupt),
-      batch_size=batch_size, steps_per_epoch=steps_per_epoch, steps_per_call=steps_per_call,
-      batch_sharding=batch_sharding,
-  )
+  train_step = make_train_step(loss_fn=loss_fn, corrupt=corrupt)
   eval_step = make_eval_step(corrupt=corrupt)
+  placement = pipeline.resolve_placement(
+      config.data.placement, splits["train"].nbytes,
+      fraction=config.data.device_memory_fraction)
+  if placement == "device":
+    feed = _DeviceFeed(train_step, splits["train"], data_key, step_key, replicated=replicated,
+                       batch_sharding=batch_sharding, batch_size=batch_size,
+                       steps_per_epoch=steps_per_epoch, steps_per_call=steps_per_call)
+  else:
+    feed = _HostFeed(train_step, splits["train"], data_key, step_key, mesh=mesh,
+                     batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                     steps_per_call=steps_per_call, start_step=start_step,
+                     num_steps=steps_per_epoch * config.train.num_epochs - start_step,
+                     prefetch=config.data.prefetch)
   evaluators = {
-      s: make_evaluate(eval_step, num_examples=len(splits[s]), batch_size=eval_batch,
-                       batch_sharding=batch_sharding)
+      s: _Evaluator(eval_step, splits[s], eval_key, placement=placement, replicated=replicated,
+                    batch_sharding=batch_sharding, batch_size=eval_batch)
       for s in ("val", "test")
   }
-  permutation = jax.jit(
-      lambda epoch: jax.random.permutation(jax.random.fold_in(data_key, epoch),
-                                           len(splits["train"])),
-      out_shardings=replicated,
-  )
+  logging.info("Training data placement: %s.", placement)
 
   # Compile ahead of time so compile time is measured apart from training.
   t0 = time.time()
-  train_loop = train_loop.lower(state, train_images, permutation(0), step_key).compile()
+  feed.compile(state)
   compile_s = time.time() - t0
   logging.info("Compiled the train loop in %.1f s.", compile_s)
 
@@ -439,14 +546,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   trained_images = 0
   step = start_step
   for epoch in range(start_step // steps_per_epoch, config.train.num_epochs):
-    perm = permutation(epoch)
+    feed.start_epoch(epoch)
     epoch_losses = []
     with tqdm(total=steps_per_epoch * batch_size, initial=(step % steps_per_epoch) * batch_size,
               unit="img", desc=f"epoch {epoch + 1}/{config.train.num_epochs}",
               dynamic_ncols=True, leave=False) as bar:
       while step < (epoch + 1) * steps_per_epoch:
         t = time.time()
-        state, step_metrics = train_loop(state, train_images, perm, step_key)
+        state, step_metrics = feed.run(state)
         step_metrics = jax.device_get(step_metrics)
         train_time += time.time() - t
         _check_finite(step_metrics, step)
@@ -458,7 +565,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bar.update(steps_per_call * batch_size)
         bar.set_postfix(loss=f"{float(np.mean(step_metrics['loss'])):.4f}")
 
-    val = {k: float(v) for k, v in evaluators["val"](state, eval_images["val"], eval_key).items()}
+    val = evaluators["val"](state)
     writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()}
                          | {"epoch": epoch + 1,
                             "train/epoch_loss": float(np.mean(np.concatenate(epoch_losses)))})
@@ -473,13 +580,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     plots.save_sample_grid(workdir / "samples" / f"epoch_{epoch + 1:03d}.png",
                            noisy, recon, sample_images / 255.0)
   ckpt.wait()
+  feed.close()
 
   t = time.time()
-  test = {k: float(v) for k, v in evaluators["test"](state, eval_images["test"], eval_key).items()}
+  test = evaluators["test"](state)
   eval_s = time.time() - t
   best_state = ckpt.restore_best(state)
-  test_best = {k: float(v) for k, v in
-               evaluators["test"](best_state, eval_images["test"], eval_key).items()}
+  test_best = evaluators["test"](best_state)
 
   def model_only(m):
     return {k: v for k, v in m.items() if not k.startswith("input_")}
@@ -493,6 +600,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "test_at_best_val": model_only(test_best),
       "num_test_images": len(splits["test"]),
       "devices": [str(d) for d in mesh.devices.flat],
+      "placement": placement,
       "compile_s": compile_s,
       "train_s": train_time,
       "train_images_per_s": trained_images / train_time if train_time else math.nan,

@@ -126,7 +126,7 @@ def test_scan_draws_batches_by_permutation_and_fresh_noise_per_step():
   assert int(final.step) == 3
 
 
-def _run(workdir, shared_data, tmp_path, epochs):
+def _run(workdir, shared_data, tmp_path, epochs, **data_overrides):
   config = _tiny_config()
   config.data.dir = str(shared_data)
   config.data.cache_dir = str(tmp_path / "cache")
@@ -137,6 +137,7 @@ def _run(workdir, shared_data, tmp_path, epochs):
   config.train.eval_batch_size = 8
   config.train.num_samples = 4
   config.mesh.num_devices = 1
+  config.data.update(data_overrides)
   return train.train_and_evaluate(config, str(workdir))
 
 
@@ -163,3 +164,22 @@ def test_end_to_end_on_real_lfw_writes_outputs_and_resumes(shared_data, tmp_path
   # ...and ends exactly where an uninterrupted 3-epoch run ends.
   straight = _run(tmp_path / "straight", shared_data, tmp_path, epochs=3)
   assert straight["test"] == resumed["test"]
+
+
+@pytest.mark.slow
+def test_streaming_from_host_trains_exactly_like_device_resident_data(shared_data, tmp_path):
+  device = _run(tmp_path / "device", shared_data, tmp_path, epochs=2, placement="device")
+  # A memory budget the split cannot fit: "auto" must choose host streaming.
+  host = _run(tmp_path / "host", shared_data, tmp_path, epochs=2, placement="auto",
+              device_memory_fraction=1e-12)
+  assert (device["placement"], host["placement"]) == ("device", "host")
+  assert host["step"] == device["step"] == 8
+  # Same batches, same noise: the same model. (The means differ in the last
+  # float32 bits only: the host evaluator sums in float64.)
+  assert host["test"] == pytest.approx(device["test"], rel=1e-6)
+  states = [checkpoint.Checkpointer(tmp_path / d / "checkpoints").restore_latest(
+      train.init_state(train.create_model(_tiny_config()), train.create_optimizer(_tiny_config()),
+                       (32, 32, 3), jax.random.key(0))) for d in ("device", "host")]
+  for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
