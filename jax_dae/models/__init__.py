@@ -13,6 +13,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from jax_dae.models import dual, graz, mnist
 from jax_dae.models.cae import CAE, ResidualBlock
 
 # Seed 000 (S0).
@@ -27,6 +28,34 @@ _REGISTRY: dict[str, Any] = {
     "ResCAE": ResCAE,
     "TinyCAE": TinyCAE,
     "TinyResCAE": TinyResCAE,
+    # Seed 001 (S1): GrazAE is the final model (network 1, bottleneck 1000).
+    "GrazAE": graz.GrazAE,
+    "GrazAE_net1": graz.GrazAE_net1,
+    "GrazAE_net2": graz.GrazAE_net2,
+    "GrazAE_net3": graz.GrazAE_net3,
+    "GrazFCAE": graz.GrazFCAE,
+    "TinyGrazAE": graz.TinyGrazAE,
+    "TinyGrazFCAE": graz.TinyGrazFCAE,
+    # Seed 002 (S2).
+    "SingleAE": dual.SingleAE,
+    "SingleAE_sep": dual.SingleAE_sep,
+    "DualAE": dual.DualAE,
+    "DualAE_sep": dual.DualAE_sep,
+    "DualSkipAE": dual.DualSkipAE,
+    "DualSkipAE_sep": dual.DualSkipAE_sep,
+    "TinyDualSkipAE": dual.TinyDualSkipAE,
+    # Seed 003 (S3): MnistDAE_d{depth}_l{latent size}.
+    "MnistDAE": mnist.MnistDAE,
+    "MnistDAE_d1_l13": mnist.MnistDAE_d1_l13,
+    "MnistDAE_d1_l8": mnist.MnistDAE_d1_l8,
+    "MnistDAE_d1_l5": mnist.MnistDAE_d1_l5,
+    "MnistDAE_d3_l13": mnist.MnistDAE_d3_l13,
+    "MnistDAE_d3_l8": mnist.MnistDAE_d3_l8,
+    "MnistDAE_d3_l5": mnist.MnistDAE_d3_l5,
+    "MnistDAE_d5_l13": mnist.MnistDAE_d5_l13,
+    "MnistDAE_d5_l8": mnist.MnistDAE_d5_l8,
+    "MnistDAE_d5_l5": mnist.MnistDAE_d5_l5,
+    "TinyMnistDAE": mnist.TinyMnistDAE,
 }
 
 
