@@ -1,10 +1,16 @@
-"""Image quality metrics on [0, 1] images, per example (dm-pix)."""
+"""Image quality metrics on [0, 1] images, per example (dm-pix; LPIPS on VGG16)."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
 
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jax_dae.models import vgg
 
 
 def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -34,3 +40,62 @@ def image_metrics(reconstruction: jax.Array, clean: jax.Array) -> dict[str, jax.
       "ssim": ssim(reconstruction, clean),
       "mse": jnp.mean(err, axis=(1, 2, 3)),
   }
+
+
+_LPIPS_EPS = 1e-10  # LPIPS's normalize_tensor epsilon.
+
+
+def _lpips_distance(params, heads, a, b):
+  if a.shape != b.shape:
+    raise ValueError(f"lpips: shapes differ, {a.shape} vs {b.shape}.")
+  x = jnp.concatenate([a, b]).astype(jnp.float32)
+  if x.shape[-1] == 1:
+    x = jnp.repeat(x, 3, axis=-1)
+  features = vgg.VGG16Features(layers=vgg.LAYERS).apply({"params": params}, x)
+  n = a.shape[0]
+  total = jnp.zeros((n,), jnp.float32)
+  for layer in vgg.LAYERS:
+    f = features[layer]
+    f = f / (jnp.sqrt(jnp.sum(jnp.square(f), axis=-1, keepdims=True)) + _LPIPS_EPS)
+    diff = jnp.square(f[:n] - f[n:])
+    total = total + jnp.mean(diff @ heads[layer], axis=(1, 2))
+  return total
+
+
+_lpips_jit = jax.jit(_lpips_distance)
+
+
+@functools.lru_cache(maxsize=2)
+def _lpips_weights(path: str | None):
+  weights = vgg.load_weights(path)
+  return (jax.tree.map(jnp.asarray, vgg.vgg_params(weights)),
+          {k: jnp.asarray(v) for k, v in vgg.lpips_heads(weights).items()})
+
+
+def lpips(a: jax.Array, b: jax.Array, *, weights: Mapping[str, np.ndarray] | str | None = None
+          ) -> jax.Array:
+  """LPIPS distance per image pair (``[B]``), VGG16 version 0.1 (Zhang et al., 2018).
+
+  Features at relu1_2 ... relu5_3 are unit-normalised along channels, their
+  squared differences weighted per channel by the learned linear heads,
+  averaged over positions, and summed over the five layers. Images are in
+  [0, 1] (1-channel images are repeated to RGB); this is LPIPS with
+  ``normalize=True``: its [-1, 1] input and ScalingLayer equal the ImageNet
+  mean/std normalisation ``VGG16Features`` applies. No resizing: any size of
+  at least 16x16 works. 0 for identical images; lower is more similar.
+
+  Args:
+    a: ``[B, H, W, C]`` images in [0, 1].
+    b: the same shape.
+    weights: ``vgg.load_weights()`` output or a weights path; default
+      resolution if ``None``.
+
+  Returns:
+    ``[B]`` float32 distances.
+  """
+  if weights is None or isinstance(weights, str):
+    params, heads = _lpips_weights(weights or None)
+  else:
+    params = jax.tree.map(jnp.asarray, vgg.vgg_params(weights))
+    heads = {k: jnp.asarray(v) for k, v in vgg.lpips_heads(weights).items()}
+  return _lpips_jit(params, heads, a, b)

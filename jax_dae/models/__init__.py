@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 
 from jax_dae.models import dual, graz, mnist
-from jax_dae.models.cae import CAE, ResidualBlock
+from jax_dae.models.cae import CAE, VCAE, ResidualBlock
 
 # Seed 000 (S0).
 ResCAE = functools.partial(CAE, num_res_blocks=3)
@@ -22,12 +22,17 @@ ResCAE = functools.partial(CAE, num_res_blocks=3)
 TinyCAE = functools.partial(CAE, encoder_features=(8, 8, 8, 16), decoder_features=(16, 8, 8),
                             stem_kernel=3)
 TinyResCAE = functools.partial(TinyCAE, num_res_blocks=1)
+# Used for testing only.
+TinyVCAE = functools.partial(VCAE, encoder_features=(8, 8, 8, 16), decoder_features=(16, 8, 8),
+                             stem_kernel=3)
 
 _REGISTRY: dict[str, Any] = {
     "CAE": CAE,
     "ResCAE": ResCAE,
     "TinyCAE": TinyCAE,
     "TinyResCAE": TinyResCAE,
+    "TinyVCAE": TinyVCAE,
+    "VCAE": VCAE,
     # Seed 001 (S1): GrazAE is the final model (network 1, bottleneck 1000).
     "GrazAE": graz.GrazAE,
     "GrazAE_net1": graz.GrazAE_net1,
@@ -75,4 +80,4 @@ def create(name: str, **kwargs) -> nn.Module:
   return _REGISTRY[name](**kwargs)
 
 
-__all__ = ["CAE", "ResidualBlock", "ResCAE", "TinyCAE", "available", "create"]
+__all__ = ["CAE", "VCAE", "ResidualBlock", "ResCAE", "TinyCAE", "TinyVCAE", "available", "create"]

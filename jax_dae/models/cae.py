@@ -11,6 +11,11 @@ publish its layers, so this is a documented reconstruction (see SPEC.md):
 BatchNorm + ReLU follow every layer but the last. The network works on inputs
 normalised as seed 000 does, ``(x - 0.5) / 0.5``; the module takes and returns
 images in [0, 1] so that losses and metrics never see the normalisation.
+
+``VCAE`` (seed 000's variational CAE, also a reconstruction: the seed shows
+only a diagram) keeps the encoder and decoder and puts a Gaussian latent
+between them: two 1x1 convolutions map the 14x14x256 encoder output to the
+mean and log-variance of ``q(z | x)``, a 14x14x``latent_features`` map.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # PyTorch's ConvTranspose2d(kernel=4, stride=2, padding=1) doubles the size;
@@ -101,4 +107,50 @@ class CAE(nn.Module):
     """Maps ``[B, H, W, C]`` images in [0, 1] to reconstructions in [0, 1]."""
     x = (images.astype(self.dtype) - 0.5) / 0.5
     y = self.decode(self.encode(x, train=train), train=train)
+    return (y.astype(jnp.float32) + 1.0) / 2.0
+
+
+def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """``KL(N(mean, exp(logvar)) || N(0, 1))`` summed over all but the batch axis, ``[B]``."""
+  mean = mean.astype(jnp.float32)
+  logvar = logvar.astype(jnp.float32)
+  kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+  return jnp.sum(kl, axis=tuple(range(1, kl.ndim)))
+
+
+class VCAE(CAE):
+  """Variational CAE: the CAE with a reparameterised Gaussian latent.
+
+  Training (``train=True``) samples ``z = mean + exp(logvar / 2) * eps`` with
+  ``eps ~ N(0, I)`` from the rng stream ``"sample"``; evaluation decodes the
+  mean. The model sows ``"kl"`` into the ``"aux"`` collection: the KL
+  divergence to ``N(0, I)`` *summed over the latent's elements* (nats per
+  image, the standard ELBO term) and averaged over the batch. The loss adds
+  ``config.loss.kl_weight`` times it; with a pixel MSE that averages over
+  ``D = H * W * C`` values, ``kl_weight = 2 * sigma**2 / D`` makes the sum the
+  negative ELBO of a Gaussian decoder with noise ``sigma`` (scaled by
+  ``2 * sigma**2 / D``).
+
+  Attributes:
+    latent_features: channels of the latent (default: the encoder's last).
+  """
+
+  latent_features: int | None = None
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    """Maps ``[B, H, W, C]`` images in [0, 1] to reconstructions in [0, 1]."""
+    x = (images.astype(self.dtype) - 0.5) / 0.5
+    h = self.encode(x, train=train)
+    features = self.latent_features or h.shape[-1]
+    mean = nn.Conv(features, (1, 1), dtype=self.dtype, name="latent_mean")(h)
+    logvar = nn.Conv(features, (1, 1), dtype=self.dtype, name="latent_logvar")(h)
+    self.sow("aux", "kl", jnp.mean(gaussian_kl(mean, logvar)))
+    if train:
+      eps = jax.random.normal(self.make_rng("sample"), mean.shape, jnp.float32)
+      std = jnp.exp(0.5 * logvar.astype(jnp.float32))
+      z = (mean.astype(jnp.float32) + std * eps).astype(self.dtype)
+    else:
+      z = mean
+    y = self.decode(z, train=train)
     return (y.astype(jnp.float32) + 1.0) / 2.0
