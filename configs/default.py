@@ -69,11 +69,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.name = "mse"
 
   config.optimizer = ml_collections.ConfigDict()
-  # adam (L2 added to the gradient, PyTorch's Adam weight_decay, seed 000)
-  # or adamw (decoupled weight decay).
+  # adam (L2 added to the gradient, PyTorch's Adam weight_decay, seed 000),
+  # adamw (decoupled weight decay) or sgd (with momentum below).
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 5e-4
   config.optimizer.weight_decay = 1e-5
+  # SGD momentum (0 = none); unused by adam/adamw.
+  config.optimizer.momentum = 0.0
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 8

@@ -32,9 +32,18 @@ def _manager(directory: Path, **options) -> ocp.CheckpointManager:
 
 
 def _abstract(state: Any) -> Any:
+  """Restore targets: each leaf's shape, dtype and sharding.
+
+  Leaves without a sharding (Python numbers, ``jax.eval_shape`` outputs) go to
+  this process's first device, so a checkpoint written on another topology
+  (8 GPUs, 2 processes) restores here all the same.
+  """
+  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
   def leaf(x):
     x = x if hasattr(x, "shape") else np.asarray(x)  # a Python step counter
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+    return jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                sharding=getattr(x, "sharding", None) or default)
 
   return jax.tree.map(leaf, state)
 
@@ -74,10 +83,14 @@ class Checkpointer:
     Saves run in the background; ``wait`` blocks until they are on disk.
     """
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
+    # The two managers' background saves must not overlap: across processes
+    # they synchronise on barriers of the same names.
+    self._best.wait_until_finished()
     self._latest.save(step, args=ocp.args.StandardSave(state), metrics=metrics or None)
     value = metrics.get(self._best_metric)
     if value is not None and value > self._best_value:
       self._best_value = value
+      self._latest.wait_until_finished()
       self._best.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
 
   def _restore_newest(self, manager: ocp.CheckpointManager, state: Any) -> Any | None:

@@ -12,7 +12,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jax_dae import train
+from jax_dae import distributed, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -21,6 +21,12 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Output folder; a run there resumes.")
 flags.DEFINE_string("compilation_cache", "~/.cache/jax_dae/xla",
                     "Persistent XLA compilation cache folder ('' to disable).")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-process: host:port of process 0 (else detected from SLURM or "
+                    "JAX_COORDINATOR_ADDRESS, or single process).")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: index of this process.")
+flags.DEFINE_list("local_device_ids", None, "Multi-process: devices this process drives.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -39,6 +45,11 @@ def main(argv):
     import os
 
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
+  distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+      local_device_ids=[int(i) for i in FLAGS.local_device_ids] if FLAGS.local_device_ids
+      else None)
   logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.devices())
   try:

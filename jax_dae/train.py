@@ -31,7 +31,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from jax_dae import checkpoint, corruptions, data, losses, metrics, models, plots, writers
+from jax_dae import (checkpoint, corruptions, data, distributed, losses, metrics, models, plots,
+                     writers)
 from jax_dae.data import pipeline
 
 DATA_AXIS = "data"
@@ -67,7 +68,12 @@ def create_model(config: ml_collections.ConfigDict, *, bn_axis_name: str | None 
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with coupled L2 (PyTorch ``Adam(weight_decay=...)``) or AdamW."""
+  """Adam with coupled L2 (PyTorch ``Adam(weight_decay=...)``), AdamW, or SGD.
+
+  SGD (with coupled L2 and ``config.optimizer.momentum``) is there for exact
+  comparisons: Adam divides by the gradient's size, so it turns rounding noise
+  in near-zero gradients into full-size steps.
+  """
   opt = config.optimizer
   if opt.learning_rate <= 0:
     raise ValueError(f"config.optimizer.learning_rate must be > 0, got {opt.learning_rate}.")
@@ -75,7 +81,10 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     return optax.chain(optax.add_decayed_weights(opt.weight_decay), optax.adam(opt.learning_rate))
   if opt.name == "adamw":
     return optax.adamw(opt.learning_rate, weight_decay=opt.weight_decay)
-  raise ValueError(f"config.optimizer.name={opt.name!r} is unknown; allowed: adam, adamw.")
+  if opt.name == "sgd":
+    return optax.chain(optax.add_decayed_weights(opt.weight_decay),
+                       optax.sgd(opt.learning_rate, momentum=opt.get("momentum") or None))
+  raise ValueError(f"config.optimizer.name={opt.name!r} is unknown; allowed: adam, adamw, sgd.")
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
@@ -131,7 +140,11 @@ def make_train_step(*, loss_fn: losses.Loss, corrupt: corruptions.BatchCorruptio
   def train_step(state: TrainState, images: jax.Array, rng: jax.Array):
     clean = to_float(images)
     corrupt_key, sample_key = jax.random.split(rng)
-    noisy = corrupt(jax.random.split(corrupt_key, clean.shape[0]), clean)
+    # Example i of the global batch gets fold_in(corrupt_key, i) whether the
+    # batch is whole (jit) or split over an axis (shard_map, pmap).
+    local = clean.shape[0]
+    first = jax.lax.axis_index(axis_name) * local if axis_name is not None else 0
+    noisy = corrupt(corruptions.example_keys(corrupt_key, first + jnp.arange(local)), clean)
 
     def compute_loss(params):
       reconstruction, updates = state.apply_fn(
@@ -361,7 +374,7 @@ class _DeviceFeed:
 
   def __init__(self, train_step, images, data_key, step_key, *, replicated, batch_sharding,
                batch_size, steps_per_epoch, steps_per_call):
-    self._images = jax.device_put(np.asarray(images), replicated)
+    self._images = distributed.replicate(images, replicated)
     self._step_key = step_key
     self._loop = make_train_loop(train_step, batch_size=batch_size,
                                  steps_per_epoch=steps_per_epoch, steps_per_call=steps_per_call,
@@ -421,7 +434,7 @@ class _Evaluator:
     self._key = key
     self._num = len(images)
     if placement == "device":
-      self._images = jax.device_put(pad_to_multiple(images, batch_size), replicated)
+      self._images = distributed.replicate(pad_to_multiple(images, batch_size), replicated)
       self._evaluate = make_evaluate(eval_step, num_examples=self._num, batch_size=batch_size,
                                      batch_sharding=batch_sharding)
     else:
@@ -432,14 +445,15 @@ class _Evaluator:
 
   def __call__(self, state) -> dict[str, float]:
     if hasattr(self, "_evaluate"):
-      return {k: float(v) for k, v in self._evaluate(state, self._images, self._key).items()}
+      means = distributed.to_host(self._evaluate(state, self._images, self._key))
+      return {k: float(v) for k, v in means.items()}
     sums, start = {}, 0
     with pipeline.eval_batches(self._images, batch_size=self._batch_size,
                                sharding=self._sharding) as batches:
       for batch, valid in batches:
         index = start + np.arange(self._batch_size)
-        out = jax.device_get(self._step(state, batch,
-                                        corruptions.example_keys(self._key, index)))
+        out = distributed.to_host(self._step(state, batch,
+                                             corruptions.example_keys(self._key, index)))
         for k, v in out.items():
           sums[k] = sums.get(k, 0.0) + float(np.sum(v[:valid], dtype=np.float64))
         start += self._batch_size
@@ -462,7 +476,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate_config(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  writers.write_json(workdir / "config.json", config.to_dict())
+  main_process = distributed.is_main_process()
+  if main_process:
+    writers.write_json(workdir / "config.json", config.to_dict())
 
   # Data first: a missing dataset should fail before anything compiles.
   splits = data.load(config.data)
@@ -538,8 +554,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   compile_s = time.time() - t0
   logging.info("Compiled the train loop in %.1f s.", compile_s)
 
-  writer = writers.MetricWriter(workdir)
+  writer = writers.MetricWriter(workdir, active=main_process)
   sample_images = np.asarray(splits["val"][: config.train.num_samples])
+  sample_inputs = (
+      distributed.replicate(sample_images, replicated),
+      corruptions.example_keys(eval_key, jnp.arange(len(sample_images))),
+  )
   reconstruct = jax.jit(make_reconstruct(corrupt=corrupt))
 
   train_time = 0.0
@@ -550,11 +570,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     epoch_losses = []
     with tqdm(total=steps_per_epoch * batch_size, initial=(step % steps_per_epoch) * batch_size,
               unit="img", desc=f"epoch {epoch + 1}/{config.train.num_epochs}",
-              dynamic_ncols=True, leave=False) as bar:
+              dynamic_ncols=True, leave=False, disable=not main_process) as bar:
       while step < (epoch + 1) * steps_per_epoch:
         t = time.time()
         state, step_metrics = feed.run(state)
-        step_metrics = jax.device_get(step_metrics)
+        step_metrics = distributed.to_host(step_metrics)
         train_time += time.time() - t
         _check_finite(step_metrics, step)
         step += steps_per_call
@@ -573,12 +593,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  epoch + 1, float(np.mean(np.concatenate(epoch_losses))), val["psnr"],
                  val["ssim"], val["input_psnr"], val["input_ssim"])
     ckpt.save(step, state, metrics=val)
-    noisy, recon = jax.device_get(
-        reconstruct(state, sample_images,
-                    corruptions.example_keys(eval_key, np.arange(len(sample_images))))
-    )
-    plots.save_sample_grid(workdir / "samples" / f"epoch_{epoch + 1:03d}.png",
-                           noisy, recon, sample_images / 255.0)
+    noisy, recon = distributed.to_host(reconstruct(state, *sample_inputs))
+    if main_process:
+      plots.save_sample_grid(workdir / "samples" / f"epoch_{epoch + 1:03d}.png",
+                             noisy, recon, sample_images / 255.0)
   ckpt.wait()
   feed.close()
 
@@ -609,8 +627,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   writer.write_scalars(int(state.step), {f"test/{k}": v for k, v in test.items()})
   writer.close()
-  writers.write_json(workdir / "results.json", results)
-  plots.save_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+  if main_process:
+    writers.write_json(workdir / "results.json", results)
+    plots.save_curves(workdir / "metrics.jsonl", workdir / "curves.png")
   logging.info("test: PSNR %.2f dB, SSIM %.4f (corrupted input %.2f / %.4f); %s",
                test["psnr"], test["ssim"], test["input_psnr"], test["input_ssim"],
                workdir / "results.json")

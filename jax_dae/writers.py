@@ -29,9 +29,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 class MetricWriter:
-  """Appends ``{"step": s, name: value, ...}`` lines to ``metrics.jsonl`` and to TensorBoard."""
+  """Appends ``{"step": s, name: value, ...}`` lines to ``metrics.jsonl`` and to TensorBoard.
 
-  def __init__(self, workdir: str | os.PathLike):
+  With ``active=False`` (processes other than 0 of a multi-process job) it
+  writes nothing.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, active: bool = True):
+    self._file = self._tb = None
+    if not active:
+      return
     self._file = open(Path(workdir) / "metrics.jsonl", "a")  # noqa: SIM115
     try:
       from tensorboardX import SummaryWriter
@@ -42,6 +49,8 @@ class MetricWriter:
       self._tb = None
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self._file is None:
+      return
     self._file.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
                      + "\n")
     self._file.flush()
@@ -50,7 +59,8 @@ class MetricWriter:
         self._tb.add_scalar(name, float(value), int(step))
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
 
