@@ -1,3 +1,42 @@
-"""jax_dae: accelerator-first denoising autoencoders in JAX/Flax."""
+"""jax_dae: accelerator-first denoising autoencoders in JAX/Flax.
+
+The library's pure pieces compose with ``jax.jit``, ``jax.shard_map``,
+``jax.pmap`` and ``jax.grad`` in other JAX code:
+
+* ``models.create(name, **kwargs)``: Flax Linen autoencoders by name.
+* ``corruptions.parse(spec)``: batched corruption ``corrupt(keys, images)``.
+* ``losses.create(name_or_config)``: ``loss(reconstruction, clean, aux)``.
+* ``metrics``: per-image PSNR, SSIM, LPIPS.
+* ``init_state``, ``make_train_step``, ``make_eval_step``, ``make_train_loop``:
+  the train state and the pure step functions the command line uses.
+* ``train_and_evaluate(config, workdir)``: the whole run.
+"""
+
+from jax_dae import corruptions, losses, metrics, models
+from jax_dae.train import (
+    TrainState,
+    create_model,
+    create_optimizer,
+    init_state,
+    make_eval_step,
+    make_train_loop,
+    make_train_step,
+    train_and_evaluate,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "TrainState",
+    "corruptions",
+    "create_model",
+    "create_optimizer",
+    "init_state",
+    "losses",
+    "make_eval_step",
+    "make_train_loop",
+    "make_train_step",
+    "metrics",
+    "models",
+    "train_and_evaluate",
+]

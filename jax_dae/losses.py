@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 
 from jax_dae.models import vgg
@@ -273,8 +274,11 @@ def available() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def create(config) -> Loss:
+def create(config: ml_collections.ConfigDict | str, **fields) -> Loss:
   """Builds the loss named by ``config.name`` from its config block.
+
+  ``create("mse")`` or ``create("mixed", rho=0.5)`` build one from plain
+  arguments instead of a config block.
 
   Heavy state (the VGG16 weights of the perceptual losses) is loaded here,
   once, and closed over by the returned function.
@@ -283,6 +287,8 @@ def create(config) -> Loss:
     ValueError: for an unknown name, listing the available ones, or a bad
       field value, naming the field.
   """
+  if isinstance(config, str):
+    config = ml_collections.ConfigDict({"name": config, **fields})
   if config.name not in _REGISTRY:
     raise ValueError(
         f"config.loss.name={config.name!r} is unknown; available: {', '.join(available())}."

@@ -31,8 +31,17 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from jax_dae import (checkpoint, corruptions, data, distributed, losses, metrics, models, plots,
-                     writers)
+from jax_dae import (
+  checkpoint,
+  corruptions,
+  data,
+  distributed,
+  losses,
+  metrics,
+  models,
+  plots,
+  writers,
+)
 from jax_dae.data import pipeline
 
 DATA_AXIS = "data"
@@ -127,8 +136,9 @@ def make_train_step(*, loss_fn: losses.Loss, corrupt: corruptions.BatchCorruptio
   Args:
     loss_fn: from ``losses.create``.
     corrupt: from ``corruptions.parse``.
-    axis_name: set under ``pmap``/``shard_map`` to average gradients and
-      metrics across that axis; leave ``None`` under ``jit`` with shardings,
+    axis_name: set under ``pmap`` or ``shard_map(..., check_vma=False)`` to
+      average gradients and metrics across that axis (build the model with
+      ``bn_axis_name`` too); leave ``None`` under ``jit`` with shardings,
       where XLA inserts the reductions.
 
   Returns:
@@ -143,8 +153,10 @@ def make_train_step(*, loss_fn: losses.Loss, corrupt: corruptions.BatchCorruptio
     # Example i of the global batch gets fold_in(corrupt_key, i) whether the
     # batch is whole (jit) or split over an axis (shard_map, pmap).
     local = clean.shape[0]
-    first = jax.lax.axis_index(axis_name) * local if axis_name is not None else 0
-    noisy = corrupt(corruptions.example_keys(corrupt_key, first + jnp.arange(local)), clean)
+    index = jnp.arange(local)
+    if axis_name is not None:
+      index = index + jax.lax.axis_index(axis_name) * local
+    noisy = corrupt(corruptions.example_keys(corrupt_key, index), clean)
 
     def compute_loss(params):
       reconstruction, updates = state.apply_fn(
