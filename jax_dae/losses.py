@@ -37,8 +37,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
-import ml_collections
 import jax.numpy as jnp
+import ml_collections
 
 from jax_dae.models import vgg
 
