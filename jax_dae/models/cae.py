@@ -28,9 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# PyTorch's ConvTranspose2d(kernel=4, stride=2, padding=1) doubles the size;
-# in lax.conv_transpose terms that is padding k - 1 - p = 2 on each side.
-_UP_PADDING = ((2, 2), (2, 2))
+from jax_dae.models.layers import UpConv2x
 
 
 class ResidualBlock(nn.Module):
@@ -63,6 +61,9 @@ class CAE(nn.Module):
     dtype: computation dtype (parameters stay float32).
     bn_axis_name: axis to average BatchNorm statistics over under
       ``pmap``/``shard_map``; ``None`` under ``jit`` with shardings.
+    upsample: how the transposed convolutions are computed, "transpose" or
+      "subpixel" (``layers.UpConv2x``): the same function and parameters,
+      different speed.
   """
 
   encoder_features: Sequence[int] = (64, 64, 128, 256)
@@ -72,6 +73,7 @@ class CAE(nn.Module):
   out_channels: int = 3
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  upsample: str = "transpose"
 
   def _norm(self, train: bool):
     return functools.partial(
@@ -94,10 +96,8 @@ class CAE(nn.Module):
 
   def decode(self, z, *, train: bool):
     norm = self._norm(train)
-    for features in self.decoder_features:
-      z = nn.ConvTranspose(
-          features, (4, 4), strides=(2, 2), padding=_UP_PADDING, dtype=self.dtype
-      )(z)
+    for i, features in enumerate(self.decoder_features):
+      z = UpConv2x(features, impl=self.upsample, dtype=self.dtype, name=f"ConvTranspose_{i}")(z)
       z = nn.relu(norm()(z))
     k = (self.stem_kernel, self.stem_kernel)
     return jnp.tanh(nn.Conv(self.out_channels, k, padding="SAME", dtype=self.dtype)(z))

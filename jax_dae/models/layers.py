@@ -1,0 +1,67 @@
+"""Layers shared by model families."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+UPSAMPLE_IMPLS = ("transpose", "subpixel")
+
+
+class UpConv2x(nn.Module):
+  """A 4x4 stride-2 transposed convolution that doubles height and width.
+
+  Equal to PyTorch's ``ConvTranspose2d(kernel_size=4, stride=2, padding=1)``
+  and to ``nn.ConvTranspose(features, (4, 4), strides=(2, 2),
+  padding=((2, 2), (2, 2)))``, with the same parameters (``kernel``
+  ``[4, 4, in, out]`` and ``bias``), computed one of two exact ways:
+
+  * ``"transpose"``: ``lax.conv_transpose``, a convolution over the input
+    dilated with zeros (three quarters of its multiplications are by zero).
+  * ``"subpixel"``: output pixel ``(2m + p, 2n + q)`` only sees input pixels
+    ``m - 1 + p .. m + p`` (and likewise for columns) through kernel taps
+    ``W[2r + p, 2s + q]``; so one stride-1 2x2 convolution of the input padded
+    by one pixel, with the four phase kernels stacked as ``4 * out`` output
+    channels, followed by a depth-to-space interleave, gives the same result
+    with no multiplications by zero.
+
+  Attributes:
+    features: output channels.
+    impl: "transpose" or "subpixel".
+    dtype: computation dtype.
+  """
+
+  features: int
+  impl: str = "transpose"
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.impl not in UPSAMPLE_IMPLS:
+      raise ValueError(f"upsample impl {self.impl!r} is unknown; allowed: "
+                       f"{', '.join(UPSAMPLE_IMPLS)}.")
+    cin = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (4, 4, cin, self.features), jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if self.impl == "transpose":
+      y = jax.lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)),
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return y + bias
+    n, h, w, _ = x.shape
+    # kernel[2r + p, 2s + q] -> phase kernels [r, s, in, (p, q, out)].
+    phases = kernel.reshape(2, 2, 2, 2, cin, self.features)  # [r, p, s, q, in, out]
+    phases = phases.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, cin, 4 * self.features)
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = jax.lax.conv_general_dilated(padded, phases, (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = y.reshape(n, h + 1, w + 1, 2, 2, self.features)
+    # Phase (p, q) of output pixel (m, n) is y[m + p, n + q, p, q].
+    rows = [jnp.stack([y[:, p:p + h, q:q + w, p, q] for q in (0, 1)], axis=3) for p in (0, 1)]
+    out = jnp.stack(rows, axis=2)  # [n, h, 2 (p), w, 2 (q), out]
+    return out.reshape(n, 2 * h, 2 * w, self.features) + bias
