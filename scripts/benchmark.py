@@ -18,8 +18,9 @@ What is measured, per row of the grid {model} x {loss} x {batch} x {precision}:
   graphs; CUDA only, skipped elsewhere).
 
 Throughput is images/s from the median of ``--windows`` timed windows of
-``--steps_per_call`` steps each, after a warm-up (one compiled call for JAX;
-the compiling steps plus one window for torch), device-synchronised
+``--steps_per_call`` steps each (default 3200 / batch, clamped to 50..200),
+after a warm-up (one compiled call for JAX; 3 compiling steps plus 20 for
+torch), device-synchronised
 (``jax.block_until_ready`` / ``torch.cuda.synchronize``).
 
 FLOPs per step are counted two ways. *Analytic* counts useful convolution
@@ -42,15 +43,22 @@ The test-split evaluation (``train.make_evaluate`` over ``make_eval_step``:
 PSNR, SSIM and MSE of ``--eval_images`` images) is compiled and timed once per
 (model, precision).
 
+Losses: pixel MSE (``losses.create`` of ``mse``), and the perceptual loss
+(``losses.create`` of ``perceptual`` with ``layers=("relu3_3",)``,
+``upsample=2``, ``vgg_dtype`` = the row's precision). VGG16 weights are the
+library's pretrained ones (``vgg.load_weights``) on both sides; where they
+cannot be found, both sides get the same random He-normal weights of the same
+shapes through ``losses.make_perceptual(weights=...)`` (the report says
+which; speed does not depend on the values).
+
 Data are synthetic uniform uint8 images (``--num_images`` for training,
 ``--eval_images`` for the test split); throughput does not depend on pixel
-values. Torch's VGG16 has random weights of the right shapes unless the
-library exposes pretrained ones (then both sides use them); the speed does
-not depend on the values either.
+values.
 
 Commands:
 
-  # The full grid on a GPU (what scripts/gpu_benchmark.sh runs):
+  # The full grid on a GPU (scripts/gpu_benchmark.sh wraps this with --check,
+  # --resume and --deadline_s, and shards rows over several GPUs when present):
   python scripts/benchmark.py --out $OUT/benchmark.json --markdown $OUT/benchmarks.md
 
   # A tiny end-to-end run on CPU (TinyCAE at 16x16, two rows; a few minutes, most of it
@@ -61,10 +69,16 @@ Commands:
   # torch, compare the blur, the forward and the losses of two steps):
   python scripts/benchmark.py --check_only --models CAE,ResCAE
 
+``--upsample subpixel`` measures jax_dae with ``CAE.upsample="subpixel"`` (the
+exact sub-pixel form of the transposed convolutions; same parameters), so
+``--check --upsample subpixel`` also proves that form against torch.
+
 Rows are run in a priority order (batch 8 fp32 and batch 64 bf16 first), each
 printed as it completes, and the JSON is rewritten after every row, so a run
 cut short keeps what it measured; ``--resume`` skips rows already in ``--out``
 and ``--deadline_s`` skips rows that would start after that many seconds.
+``--shard K/N`` runs every N-th row (one process per GPU) and ``--merge``
+joins the shards' JSON into one report.
 """
 
 from __future__ import annotations
@@ -107,7 +121,7 @@ PERCEPTUAL_UPSAMPLE = 2
 
 FULL = dict(
     models="CAE,ResCAE", losses="mse,perceptual", batches="8,64", precisions="float32,bfloat16",
-    torch_modes="eager,compile,reduce-overhead", steps_per_call=100, windows=3,
+    torch_modes="eager,compile,reduce-overhead", steps_per_call=0, windows=3,
     num_images=1024, image_size=112, eval_images=3708, eval_batch_size=256, peak_size=8192,
 )
 SMOKE = dict(
@@ -254,8 +268,12 @@ def analytic_flops_per_step(model, loss_name: str, batch: int, size: int) -> dic
 # ---------------------------------------------------------------------------
 
 
-def make_config(model_name: str, loss_name: str, batch: int, precision: str):
+def make_config(model_name: str, loss_name: str, batch: int, precision: str,
+                upsample: str = ""):
   """``configs/default.py`` with this row's model, loss, batch and dtype.
+
+  ``upsample`` sets ``CAE.upsample`` (how the transposed convolutions are
+  computed) unless empty.
 
   The bf16 rows compute VGG16 in bf16 as well (``config.loss.vgg_dtype``), as
   torch's autocast does.
@@ -263,6 +281,8 @@ def make_config(model_name: str, loss_name: str, batch: int, precision: str):
   config = default_config.get_config()
   config.model.name = model_name
   config.model.dtype = precision
+  if upsample:
+    config.model.upsample = upsample
   config.train.batch_size = batch
   config.corruption = CORRUPTION
   if loss_name == "perceptual":
@@ -330,6 +350,11 @@ def create_loss(config) -> losses.Loss:
   return loss
 
 
+def steps_per_window(args, batch: int) -> int:
+  """``--steps_per_call``, or 3200 / batch clamped to 50..200 (about 0.3-3 s per window)."""
+  return args.steps_per_call or min(200, max(50, 3200 // batch))
+
+
 def synthetic_images(count: int, size: int, seed: int) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
@@ -341,13 +366,13 @@ def run_jax_row(model_name, loss_name, batch, precision, images, args):
     ``(results, state, corrupt)``: the numbers, the trained state and the
     corruption (both reused by the evaluation).
   """
-  config = make_config(model_name, loss_name, batch, precision)
+  config = make_config(model_name, loss_name, batch, precision, args.upsample)
   image_shape = tuple(images.shape[1:])
   model = train.create_model(config)
   tx = train.create_optimizer(config)
   corrupt = corruptions.parse(config.corruption, image_shape)
   train_step = train.make_train_step(loss_fn=create_loss(config), corrupt=corrupt)
-  steps = args.steps_per_call
+  steps = steps_per_window(args, batch)
   loop = train.make_train_loop(train_step, batch_size=batch,
                                steps_per_epoch=images.shape[0] // batch, steps_per_call=steps)
   init_key, perm_key, step_key = jax.random.split(jax.random.key(args.seed), 3)
@@ -376,7 +401,8 @@ def run_jax_row(model_name, loss_name, batch, precision, images, args):
   last_loss = float(np.asarray(out["loss"])[-1])
   if not math.isfinite(last_loss):
     raise FloatingPointError(f"jax_dae loss became {last_loss}.")
-  result.update(window_s=times, images_per_s=steps * batch / statistics.median(times),
+  result.update(window_s=times, steps_per_window=steps,
+                images_per_s=steps * batch / statistics.median(times),
                 last_loss=last_loss)
   return result, state, corrupt
 
@@ -471,14 +497,15 @@ def run_torch_mode(torch, tr, mode, model_name, loss_name, batch, precision, ima
   blur = tr.GaussianBlur(9, 4.0, 3).to(device)
   step, _ = tr.make_train_step(model, loss, blur, images, batch, mode=mode,
                                bf16=precision == "bfloat16")
-  steps = args.steps_per_call
-  # The first steps compile (and, for CUDA graphs, warm up and record).
+  steps = steps_per_window(args, batch)
+  # The first steps compile (and, for CUDA graphs, warm up and record); cuDNN autotunes
+  # in the first step of each shape, so a short second warm-up suffices.
   t = time.perf_counter()
   for _ in range(3):
     value = step()
   sync()
   compile_s = time.perf_counter() - t
-  for _ in range(steps):
+  for _ in range(min(steps, 20)):
     value = step()
   sync()
   times = []
@@ -491,7 +518,7 @@ def run_torch_mode(torch, tr, mode, model_name, loss_name, batch, precision, ima
   last_loss = float(value.detach())
   if not math.isfinite(last_loss):
     raise FloatingPointError(f"torch {mode} loss became {last_loss}.")
-  result = {"first_steps_s": compile_s, "window_s": times,
+  result = {"first_steps_s": compile_s, "window_s": times, "steps_per_window": steps,
             "images_per_s": steps * batch / statistics.median(times), "last_loss": last_loss,
             "optimizer": "fused Adam" if step.optimizer.defaults.get("fused") else "foreach Adam"}
   if mode != "eager":
@@ -532,7 +559,7 @@ def run_check(torch, tr, model_names, args, tol: float = 1e-4) -> list[dict[str,
   try:
     with jax.default_matmul_precision("highest"):
       for model_name in model_names:
-        config = make_config(model_name, "mse", batch, "float32")
+        config = make_config(model_name, "mse", batch, "float32", args.upsample)
         image_shape = (size, size, 3)
         model = train.create_model(config)
         tx = train.create_optimizer(config)
@@ -690,9 +717,12 @@ def markdown(report: dict) -> str:
       "",
       f"XLA_FLAGS: `{env.get('xla_flags') or '(none)'}`.",
       "",
+      f"jax_dae transposed convolutions: `CAE.upsample` = {meta.get('upsample', '-')}.",
+      "",
       f"Data: {meta['data']}. Corruption inside the step: `{CORRUPTION}`. VGG16 weights "
       f"(perceptual rows, both sides): {meta.get('vgg_weights', '-')}. Throughput: images/s, "
-      f"median of {meta['windows']} windows of {meta['steps_per_call']} steps after warm-up.",
+      f"median of {meta['windows']} windows of {meta['steps_per_call'] or '3200/batch (50..200)'}"
+      " steps after warm-up.",
       "",
   ]
   if peak.get("flops_per_s"):
@@ -827,13 +857,18 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--batches", help="comma list of batch sizes (8,64)")
   p.add_argument("--precisions", help=f"comma list from {PRECISIONS}")
   p.add_argument("--torch_modes", help=f"comma list from {TORCH_MODES}")
-  p.add_argument("--steps_per_call", type=int, help="steps per timed window (100)")
+  p.add_argument("--steps_per_call", type=int,
+                 help="steps per timed window and per compiled JAX call (0: 3200 / batch, "
+                      "clamped to 50..200)")
   p.add_argument("--windows", type=int, help="timed windows per measurement (3)")
   p.add_argument("--num_images", type=int, help="resident training images (1024)")
   p.add_argument("--image_size", type=int, help="image side in pixels (112)")
   p.add_argument("--eval_images", type=int, help="test-split size for the evaluation (3708)")
   p.add_argument("--eval_batch_size", type=int, help="evaluation batch (256)")
   p.add_argument("--peak_size", type=int, help="side of the bf16 peak matmul (8192)")
+  p.add_argument("--upsample", default="",
+                 help="CAE.upsample, how jax_dae computes the transposed convolutions "
+                      "(transpose, subpixel; default: the library's default)")
   p.add_argument("--no_eval", action="store_true", help="skip the test-split evaluation")
   p.add_argument("--smoke", action="store_true",
                  help="tiny CPU-sized run: TinyCAE at 16x16, batch 4, few steps, two rows "
@@ -927,6 +962,8 @@ def main(argv=None) -> int:
           "args": dict(vars(args)),
           "torch_modes": modes,
           "steps_per_call": args.steps_per_call, "windows": args.windows,
+          "upsample": args.upsample or (
+              f"library default ({getattr(models.CAE, 'upsample', 'n/a')})"),
           "data": (f"synthetic uniform uint8, {args.num_images} training images of "
                    f"{args.image_size}x{args.image_size}x3 resident on the device; "
                    f"{args.eval_images} test images"),
