@@ -76,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 1e-5
   # SGD momentum (0 = none); unused by adam/adamw.
   config.optimizer.momentum = 0.0
+  # Exponential learning-rate decay: x decay_rate per decay_steps (1.0 = none).
+  config.optimizer.decay_rate = 1.0
+  config.optimizer.decay_steps = 1000
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 8

@@ -86,13 +86,21 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   opt = config.optimizer
   if opt.learning_rate <= 0:
     raise ValueError(f"config.optimizer.learning_rate must be > 0, got {opt.learning_rate}.")
+  decay_rate = opt.get("decay_rate", 1.0)
+  if not 0 < decay_rate <= 1:
+    raise ValueError(f"config.optimizer.decay_rate must be in (0, 1], got {decay_rate}.")
+  lr = opt.learning_rate
+  if decay_rate < 1:
+    # Exponential decay (seed 001's fully convolutional AE): x decay_rate every
+    # decay_steps steps, smoothly.
+    lr = optax.exponential_decay(lr, transition_steps=opt.decay_steps, decay_rate=decay_rate)
   if opt.name == "adam":
-    return optax.chain(optax.add_decayed_weights(opt.weight_decay), optax.adam(opt.learning_rate))
+    return optax.chain(optax.add_decayed_weights(opt.weight_decay), optax.adam(lr))
   if opt.name == "adamw":
-    return optax.adamw(opt.learning_rate, weight_decay=opt.weight_decay)
+    return optax.adamw(lr, weight_decay=opt.weight_decay)
   if opt.name == "sgd":
     return optax.chain(optax.add_decayed_weights(opt.weight_decay),
-                       optax.sgd(opt.learning_rate, momentum=opt.get("momentum") or None))
+                       optax.sgd(lr, momentum=opt.get("momentum") or None))
   raise ValueError(f"config.optimizer.name={opt.name!r} is unknown; allowed: adam, adamw, sgd.")
 
 
