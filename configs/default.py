@@ -98,3 +98,49 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.num_devices = 0
 
   return config
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses a config argument such as ``"depth=3,latent=8,runlocal"``.
+
+  Args:
+    arg: what follows ``:`` in ``--config=FILE:ARG`` (or ``None``).
+    **defaults: the allowed keys and their defaults; a bool default makes a
+      flag (present means True), other values are converted to the default's
+      type (``None`` defaults stay strings or floats as written).
+
+  Returns:
+    ``ml_collections.ConfigDict`` of every key.
+
+  Raises:
+    ValueError: for a key that is not allowed, listing the allowed ones.
+  """
+  values = dict(defaults)
+  allowed = ", ".join(k if isinstance(v, bool) else f"{k}=" for k, v in defaults.items())
+  for token in filter(None, (arg or "").split(",")):
+    key, sep, value = token.partition("=")
+    if key not in defaults or bool(sep) == isinstance(defaults[key], bool):
+      raise ValueError(f"Unknown config argument {token!r}; allowed: {allowed}.")
+    if isinstance(defaults[key], bool):
+      values[key] = True
+    elif defaults[key] is None:
+      values[key] = float(value)
+    else:
+      values[key] = type(defaults[key])(value)
+  return ml_collections.ConfigDict(values)
+
+
+def runlocal(config: ml_collections.ConfigDict, model: str, **overrides) -> None:
+  """Shrinks an experiment in place to a smoke setting (about a minute on a CPU).
+
+  A tiny model, 64/32/128 test/val/train images, 2 epochs at batch 8;
+  ``overrides`` (``split=``, ``num_epochs=``, ``batch_size=``,
+  ``eval_batch_size=``) change those.
+  """
+  config.model.name = model
+  config.data.split = overrides.pop("split", {"test": 64, "val": 32, "train": 128})
+  config.train.num_epochs = overrides.pop("num_epochs", 2)
+  config.train.batch_size = overrides.pop("batch_size", 8)
+  config.train.eval_batch_size = overrides.pop("eval_batch_size", 32)
+  if overrides:
+    raise TypeError(f"runlocal: unexpected {sorted(overrides)}.")

@@ -25,14 +25,8 @@ NOISES = ("choice(gaussian_noise(var=(0.001, 0.01)), poisson(peak=(30.0, 255.0))
 
 def get_config(arg: str | None = None):
   """``arg``: comma-separated ``model=<name>`` and/or ``runlocal``."""
-  model, runlocal = "DualSkipAE", False
-  for token in filter(None, (arg or "").split(",")):
-    if token == "runlocal":
-      runlocal = True
-    elif token.startswith("model="):
-      model = token[len("model="):]
-    else:
-      raise ValueError(f"Unknown config argument {token!r}; allowed: model=, runlocal.")
+  args = default.parse_arg(arg, model="DualSkipAE", runlocal=False)
+  model = args.model
   config = default.get_config()
   config.data.mode = "L"
   config.data.resize = config.data.crop = 100  # whole frame, no crop
@@ -45,10 +39,7 @@ def get_config(arg: str | None = None):
   config.train.batch_size = 128
   config.train.num_epochs = 40
   config.train.num_samples = 12
-  if runlocal:
-    config.model.name = "TinyDualSkipAE"
-    config.data.split = {"test": 16, "train": 64, "val": 16}
-    config.train.batch_size = 16
-    config.train.num_epochs = 2
-    config.train.eval_batch_size = 16
+  if args.runlocal:
+    default.runlocal(config, "TinyDualSkipAE", split={"test": 16, "train": 64, "val": 16},
+                     batch_size=16, eval_batch_size=16)
   return config

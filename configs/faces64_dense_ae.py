@@ -34,14 +34,8 @@ DISTORTIONS["all"] = " | ".join(DISTORTIONS[k] for k in ("gaussian", "dropout", 
 
 def get_config(arg: str | None = None):
   """``arg``: comma-separated ``distortion=<name>`` and/or ``runlocal``."""
-  distortion, runlocal = "all", False
-  for token in filter(None, (arg or "").split(",")):
-    if token == "runlocal":
-      runlocal = True
-    elif token.startswith("distortion="):
-      distortion = token[len("distortion="):]
-    else:
-      raise ValueError(f"Unknown config argument {token!r}; allowed: distortion=, runlocal.")
+  args = default.parse_arg(arg, distortion="all", runlocal=False)
+  distortion = args.distortion
   if distortion not in DISTORTIONS:
     raise ValueError(f"distortion={distortion!r}; allowed: {', '.join(DISTORTIONS)}.")
   config = default.get_config()
@@ -54,10 +48,7 @@ def get_config(arg: str | None = None):
   config.train.batch_size = 32
   config.train.num_epochs = 50
   config.train.num_samples = 12
-  if runlocal:
-    config.model.name = "TinyGrazAE"
-    config.data.split = {"test": 16, "train": 64, "val": 16}
-    config.train.batch_size = 16
-    config.train.num_epochs = 2
-    config.train.eval_batch_size = 16
+  if args.runlocal:
+    default.runlocal(config, "TinyGrazAE", split={"test": 16, "train": 64, "val": 16},
+                     batch_size=16, eval_batch_size=16)
   return config

@@ -17,13 +17,8 @@ from configs import default
 
 
 def get_config(arg: str | None = None):
+  args = default.parse_arg(arg, runlocal=False)
   config = default.get_config()
-  if arg == "runlocal":
-    config.model.name = "TinyCAE"
-    config.data.split = {"test": 64, "val": 32, "train": 128}
-    config.train.num_epochs = 2
-    config.train.batch_size = 8
-    config.train.eval_batch_size = 32
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; allowed: runlocal.")
+  if args.runlocal:
+    default.runlocal(config, "TinyCAE")
   return config

@@ -21,20 +21,14 @@ input, 24.25 / 0.79 for the perceptual loss alone, 26.59 / 0.84 for rho = 0.5
 and 27.26 / 0.86 for rho = 1.
 """
 
-from configs import lfw_cae_perceptual
+from configs import default, lfw_cae_perceptual
 
 
 def get_config(arg: str | None = None):
   """``arg``: comma-separated ``rho=<float>`` and/or ``runlocal``."""
-  rho, runlocal = 1.0, False
-  for token in filter(None, (arg or "").split(",")):
-    if token == "runlocal":
-      runlocal = True
-    elif token.startswith("rho="):
-      rho = float(token[len("rho="):])
-    else:
-      raise ValueError(f"Unknown config argument {token!r}; allowed: rho=<float>, runlocal.")
-  config = lfw_cae_perceptual.get_config("runlocal" if runlocal else None)
+  args = default.parse_arg(arg, rho=1.0, runlocal=False)
+  rho = args.rho
+  config = lfw_cae_perceptual.get_config("runlocal" if args.runlocal else None)
   config.loss.name = "mixed"
   # Weight of the pixel MSE next to the perceptual term (seed 000: 0.5 or 1).
   config.loss.rho = rho

@@ -44,14 +44,8 @@ def get_config(arg: str | None = None):
   config.loss.vgg_weights = ""
   # VGG computation dtype: float32 or bfloat16.
   config.loss.vgg_dtype = "float32"
-  if arg == "runlocal":
-    config.model.name = "TinyCAE"
-    config.data.split = {"test": 64, "val": 32, "train": 64}
-    config.train.num_epochs = 1
-    config.train.batch_size = 8
-    config.train.eval_batch_size = 32
+  if default.parse_arg(arg, runlocal=False).runlocal:
+    default.runlocal(config, "TinyCAE", split={"test": 64, "val": 32, "train": 64}, num_epochs=1)
     # VGG at 112x112 instead of 224x224: 4x cheaper on a CPU.
     config.loss.upsample = 1.0
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; allowed: runlocal.")
   return config

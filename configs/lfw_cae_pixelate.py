@@ -33,21 +33,13 @@ from configs import default, lfw_cae_mixed
 
 def get_config(arg: str | None = None):
   """``arg``: comma-separated subset of ``grid``, ``mpl1``, ``runlocal``."""
-  tokens = set(filter(None, (arg or "").split(",")))
-  unknown = tokens - {"grid", "mpl1", "runlocal"}
-  if unknown:
-    raise ValueError(f"Unknown config arguments {sorted(unknown)}; allowed: grid, mpl1, runlocal.")
-  runlocal = "runlocal" in tokens
-  if "mpl1" in tokens:
-    config = lfw_cae_mixed.get_config("rho=1,runlocal" if runlocal else "rho=1")
+  args = default.parse_arg(arg, grid=False, mpl1=False, runlocal=False)
+  if args.mpl1:
+    config = lfw_cae_mixed.get_config("rho=1,runlocal" if args.runlocal else "rho=1")
   else:
     config = default.get_config()
-    if runlocal:
-      config.model.name = "TinyCAE"
-      config.data.split = {"test": 64, "val": 32, "train": 128}
-      config.train.num_epochs = 2
-      config.train.batch_size = 8
-      config.train.eval_batch_size = 32
+    if args.runlocal:
+      default.runlocal(config, "TinyCAE")
   # Seed 000's mosaic, n = 8: block=8 (8-pixel squares) or grid=8 (8 x 8 squares).
-  config.corruption = "pixelate(grid=8)" if "grid" in tokens else "pixelate(block=8)"
+  config.corruption = "pixelate(grid=8)" if args.grid else "pixelate(block=8)"
   return config

@@ -25,12 +25,6 @@ def get_config(arg: str | None = None):
   config = default.get_config()
   # CAE with 3 residual blocks at the bottleneck.
   config.model.name = "ResCAE"
-  if arg == "runlocal":
-    config.model.name = "TinyResCAE"
-    config.data.split = {"test": 64, "val": 32, "train": 128}
-    config.train.num_epochs = 2
-    config.train.batch_size = 8
-    config.train.eval_batch_size = 32
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; allowed: runlocal.")
+  if default.parse_arg(arg, runlocal=False).runlocal:
+    default.runlocal(config, "TinyResCAE")
   return config

@@ -34,26 +34,12 @@ _VALUES_PER_IMAGE = 112 * 112 * 3
 
 def get_config(arg: str | None = None):
   """``arg``: comma-separated ``sigma=<float>`` or ``kl_weight=<float>``, and/or ``runlocal``."""
-  sigma, kl_weight, runlocal = 0.05, None, False
-  for token in filter(None, (arg or "").split(",")):
-    if token == "runlocal":
-      runlocal = True
-    elif token.startswith("sigma="):
-      sigma = float(token[len("sigma="):])
-    elif token.startswith("kl_weight="):
-      kl_weight = float(token[len("kl_weight="):])
-    else:
-      raise ValueError(
-          f"Unknown config argument {token!r}; allowed: sigma=<float>, kl_weight=<float>, runlocal."
-      )
+  args = default.parse_arg(arg, sigma=0.05, kl_weight=None, runlocal=False)
+  sigma, kl_weight = args.sigma, args.kl_weight
   config = default.get_config()
   config.model.name = "VCAE"
   # Weight of the KL term (nats per image) next to the per-value pixel MSE.
   config.loss.kl_weight = kl_weight if kl_weight is not None else 2 * sigma**2 / _VALUES_PER_IMAGE
-  if runlocal:
-    config.model.name = "TinyVCAE"
-    config.data.split = {"test": 64, "val": 32, "train": 128}
-    config.train.num_epochs = 2
-    config.train.batch_size = 8
-    config.train.eval_batch_size = 32
+  if args.runlocal:
+    default.runlocal(config, "TinyVCAE")
   return config

@@ -22,16 +22,8 @@ from configs import default
 
 def get_config(arg: str | None = None):
   """``arg``: comma-separated ``depth=<1|3|5>``, ``latent=<13|8|5>``, ``runlocal``."""
-  depth, latent, runlocal = 3, 8, False
-  for token in filter(None, (arg or "").split(",")):
-    if token == "runlocal":
-      runlocal = True
-    elif token.startswith("depth="):
-      depth = int(token[len("depth="):])
-    elif token.startswith("latent="):
-      latent = int(token[len("latent="):])
-    else:
-      raise ValueError(f"Unknown config argument {token!r}; allowed: depth=, latent=, runlocal.")
+  args = default.parse_arg(arg, depth=3, latent=8, runlocal=False)
+  depth, latent = args.depth, args.latent
   config = default.get_config()
   config.data.name = "mnist"
   config.data.variant = "idx"
@@ -46,10 +38,7 @@ def get_config(arg: str | None = None):
   config.train.num_epochs = 15
   config.train.eval_batch_size = 1000
   config.train.num_samples = 12
-  if runlocal:
-    config.model.name = "TinyMnistDAE"
-    config.data.split = {"test": 64, "train": 256, "val": 64}
-    config.train.batch_size = 32
-    config.train.num_epochs = 2
-    config.train.eval_batch_size = 64
+  if args.runlocal:
+    default.runlocal(config, "TinyMnistDAE", split={"test": 64, "train": 256, "val": 64},
+                     batch_size=32, eval_batch_size=64)
   return config
