@@ -175,8 +175,8 @@ def test_streaming_from_host_trains_exactly_like_device_resident_data(shared_dat
   assert (device["placement"], host["placement"]) == ("device", "host")
   assert host["step"] == device["step"] == 8
   # Same batches, same noise: the same model. (The means differ in the last
-  # float32 bits only: the host evaluator sums in float64.)
-  assert host["test"] == pytest.approx(device["test"], rel=1e-6)
+  # float32 bits only: the host evaluator sums in float64, the scan in float32.)
+  assert host["test"] == pytest.approx(device["test"], rel=1e-5)
   states = [checkpoint.Checkpointer(tmp_path / d / "checkpoints").restore_latest(
       train.init_state(train.create_model(_tiny_config()), train.create_optimizer(_tiny_config()),
                        (32, 32, 3), jax.random.key(0))) for d in ("device", "host")]
