@@ -211,13 +211,6 @@ def _decode_all(
   return out
 
 
-def _tfds_images() -> tuple[list[str], object]:
-  import tensorflow_datasets as tfds  # Imported lazily: heavy, optional.
-
-  ds = tfds.data_source("lfw", split="train")
-  return [str(i) for i in range(len(ds))], ds
-
-
 def load(config) -> dict[str, np.ndarray]:
   """Loads the preprocessed LFW splits (uint8 NHWC), using the cache.
 
@@ -237,11 +230,16 @@ def load(config) -> dict[str, np.ndarray]:
     )
   sizes = dict(config.split)
   if config.variant == "tfds":
-    names, ds = _tfds_images()
-    fingerprint = "tfds:lfw"
-  else:
-    source = _Source(find_source(config.dir, config.variant, allow_download=config.download))
-    names, fingerprint = source.names, source.fingerprint()
+    # TFDS's `lfw` (the original variant), read like any prepared TFDS dataset:
+    # checked to be prepared (no download), fingerprinted and cached there.
+    from jax_dae.data import tfds_source
+
+    return tfds_source.load_builder(
+        "lfw", data_dir=config.get("tfds_data_dir", "") or None, image_key="image", mode=mode,
+        resize=config.resize, crop=config.crop, background=255, split=sizes, split_from=None,
+        split_seed=config.split_seed, cache_dir=config.get("cache_dir", "") or None)
+  source = _Source(find_source(config.dir, config.variant, allow_download=config.download))
+  names, fingerprint = source.names, source.fingerprint()
   params = {
       "source": fingerprint,
       "variant": config.variant,
@@ -256,16 +254,6 @@ def load(config) -> dict[str, np.ndarray]:
   def build() -> dict[str, np.ndarray]:
     counts = {s: splits.count(n, len(names), split=s) for s, n in sizes.items()}
     indices = split_indices(len(names), counts, config.split_seed)
-    if config.variant == "tfds":
-      from PIL import Image
-
-      def one(i):
-        return preprocess.resize_center_crop(
-            Image.fromarray(ds[int(i)]["image"]).convert(mode),
-            resize=config.resize, crop=config.crop,
-        )
-
-      return {s: np.stack([one(i) for i in idx]) for s, idx in indices.items()}
     wanted = sorted({names[i] for idx in indices.values() for i in idx})
     images = _decode_all(source, wanted, config.resize, config.crop, mode)
     row = {name: r for r, name in enumerate(wanted)}
