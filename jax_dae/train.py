@@ -269,6 +269,20 @@ def make_streaming_train_loop(train_step: Callable) -> Callable:
   return jax.jit(loop, donate_argnums=0)
 
 
+def masked_metric_sums(eval_step: Callable, state, batch: jax.Array, key: jax.Array,
+                       start: int | jax.Array, num_examples: int) -> dict[str, jax.Array]:
+  """Sums of ``eval_step``'s per-image metrics over the rows of ``batch`` that are real.
+
+  ``batch`` holds examples ``start, start + 1, ...`` of a split padded to whole
+  batches; rows at or past ``num_examples`` are padding and count zero.
+  Example ``i`` is corrupted with ``fold_in(key, i)``.
+  """
+  index = start + jnp.arange(batch.shape[0])
+  out = eval_step(state, batch, corruptions.example_keys(key, index))
+  valid = index < num_examples
+  return {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in out.items()}
+
+
 def make_evaluate(eval_step: Callable, *, num_examples: int, batch_size: int,
                   batch_sharding: NamedSharding | None = None) -> Callable:
   """``evaluate(state, images, key) -> {metric: mean over num_examples}``.
@@ -286,14 +300,14 @@ def make_evaluate(eval_step: Callable, *, num_examples: int, batch_size: int,
       batch = jax.lax.dynamic_slice_in_dim(images, start, batch_size)
       if batch_sharding is not None:
         batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-      index = start + jnp.arange(batch_size)
-      out = eval_step(state, batch, corruptions.example_keys(key, index))
-      valid = index < num_examples
-      return {k: sums[k] + jnp.sum(jnp.where(valid, v, 0.0)) for k, v in out.items()}, None
+      out = masked_metric_sums(eval_step, state, batch, key, start, num_examples)
+      return jax.tree.map(jnp.add, sums, out), None
 
-    shapes = jax.eval_shape(eval_step, state, images[:batch_size],
-                            jax.random.split(key, batch_size))
-    zeros = {k: jnp.zeros((), jnp.float32) for k in shapes}
+    zeros = jax.tree.map(
+        lambda x: jnp.zeros((), jnp.float32),
+        jax.eval_shape(functools.partial(masked_metric_sums, eval_step,
+                                         num_examples=num_examples),
+                       state, images[:batch_size], key, 0))
     sums, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
     return {k: v / num_examples for k, v in sums.items()}
 
@@ -400,7 +414,7 @@ class _DeviceFeed:
                                  steps_per_epoch=steps_per_epoch, steps_per_call=steps_per_call,
                                  batch_sharding=batch_sharding)
     self._permutation = jax.jit(
-        lambda epoch: jax.random.permutation(jax.random.fold_in(data_key, epoch), len(images)),
+        functools.partial(pipeline.permutation, data_key, num_examples=len(images)),
         out_shardings=replicated)
     self._perm = None
 
@@ -446,38 +460,40 @@ class _HostFeed:
     self._batches.close()
 
 
-class _Evaluator:
-  """Mean metrics over a split, from device-resident data or streamed batches."""
+class _DeviceEvaluator:
+  """Mean metrics over a split resident on the devices: one compiled call."""
 
-  def __init__(self, eval_step, images, key, *, placement, replicated, batch_sharding,
-               batch_size):
+  def __init__(self, eval_step, images, key, *, replicated, batch_sharding, batch_size):
     self._key = key
-    self._num = len(images)
-    if placement == "device":
-      self._images = distributed.replicate(pad_to_multiple(images, batch_size), replicated)
-      self._evaluate = make_evaluate(eval_step, num_examples=self._num, batch_size=batch_size,
-                                     batch_sharding=batch_sharding)
-    else:
-      self._images = images
-      self._step = jax.jit(eval_step)
-      self._sharding = batch_sharding
-      self._batch_size = batch_size
+    self._images = distributed.replicate(pad_to_multiple(images, batch_size), replicated)
+    self._evaluate = make_evaluate(eval_step, num_examples=len(images), batch_size=batch_size,
+                                   batch_sharding=batch_sharding)
 
   def __call__(self, state) -> dict[str, float]:
-    if hasattr(self, "_evaluate"):
-      means = distributed.to_host(self._evaluate(state, self._images, self._key))
-      return {k: float(v) for k, v in means.items()}
-    sums, start = {}, 0
+    means = distributed.to_host(self._evaluate(state, self._images, self._key))
+    return {k: float(v) for k, v in means.items()}
+
+
+class _HostEvaluator:
+  """Mean metrics over a split streamed from the host; sums stay on the devices."""
+
+  def __init__(self, eval_step, images, key, *, batch_sharding, batch_size):
+    self._key = key
+    self._images = images
+    self._sharding = batch_sharding
+    self._batch_size = batch_size
+    self._sums = jax.jit(functools.partial(masked_metric_sums, eval_step),
+                         static_argnames="num_examples")
+
+  def __call__(self, state) -> dict[str, float]:
+    num, sums, start = len(self._images), None, 0
     with pipeline.eval_batches(self._images, batch_size=self._batch_size,
                                sharding=self._sharding) as batches:
-      for batch, valid in batches:
-        index = start + np.arange(self._batch_size)
-        out = distributed.to_host(self._step(state, batch,
-                                             corruptions.example_keys(self._key, index)))
-        for k, v in out.items():
-          sums[k] = sums.get(k, 0.0) + float(np.sum(v[:valid], dtype=np.float64))
+      for batch, _ in batches:
+        out = self._sums(state, batch, self._key, start, num_examples=num)
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         start += self._batch_size
-    return {k: v / self._num for k, v in sums.items()}
+    return {k: float(v) / num for k, v in distributed.to_host(sums).items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -561,9 +577,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      steps_per_call=steps_per_call, start_step=start_step,
                      num_steps=steps_per_epoch * config.train.num_epochs - start_step,
                      prefetch=config.data.prefetch)
+  evaluator = (functools.partial(_DeviceEvaluator, replicated=replicated)
+               if placement == "device" else _HostEvaluator)
   evaluators = {
-      s: _Evaluator(eval_step, splits[s], eval_key, placement=placement, replicated=replicated,
-                    batch_sharding=batch_sharding, batch_size=eval_batch)
+      s: evaluator(eval_step, splits[s], eval_key, batch_sharding=batch_sharding,
+                   batch_size=eval_batch)
       for s in ("val", "test")
   }
   logging.info("Training data placement: %s.", placement)

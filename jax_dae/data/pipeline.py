@@ -51,27 +51,29 @@ def _cpu_device():
     return None
 
 
-def epoch_permutation(data_key: jax.Array, epoch: int, num_examples: int) -> np.ndarray:
-  """The device path's order of epoch ``epoch``, computed on the CPU.
+def permutation(data_key: jax.Array, epoch: int | jax.Array, num_examples: int) -> jax.Array:
+  """The order of epoch ``epoch``: the one definition both placements use.
 
-  Equals ``jax.random.permutation(jax.random.fold_in(data_key, epoch),
-  num_examples)`` on any backend (threefry and the sort are exact).
+  ``train.py``'s device-resident loop computes it on the devices (jitted), the
+  host stream on the CPU (``epoch_permutation``); threefry and the sort are
+  exact, so both give the same order.
+  """
+  return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
+
+
+def epoch_permutation(data_key: jax.Array, epoch: int, num_examples: int) -> np.ndarray:
+  """``permutation`` computed on the CPU, as a ``[num_examples]`` numpy array.
 
   Args:
     data_key: the training loop's data key (typed or raw uint32 key).
     epoch: epoch number (0-based).
     num_examples: size of the split.
-
-  Returns:
-    ``[num_examples]`` int32 numpy array.
   """
   cpu = _cpu_device()
   if cpu is None:
-    key = jax.random.fold_in(data_key, epoch)
-    return np.asarray(jax.random.permutation(key, num_examples))
+    return np.asarray(permutation(data_key, epoch, num_examples))
   with jax.default_device(cpu):
-    key = jax.random.fold_in(jax.device_put(data_key, cpu), epoch)
-    return np.asarray(jax.random.permutation(key, num_examples))
+    return np.asarray(permutation(jax.device_put(data_key, cpu), epoch, num_examples))
 
 
 def train_indices(data_key: jax.Array, *, num_examples: int, batch_size: int,
