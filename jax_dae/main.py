@@ -6,6 +6,7 @@ This file is kept short on purpose; the logic lives in ``jax_dae.train``.
 """
 
 import logging as logging_std
+import os
 import sys
 
 import jax
@@ -42,8 +43,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.compilation_cache:
-    import os
-
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
   distributed.initialize(
       coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,

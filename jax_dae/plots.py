@@ -43,7 +43,11 @@ def save_curves(metrics_path: str | os.PathLike, path: str | os.PathLike) -> Non
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  rows = writers.read_jsonl(metrics_path)
+  # A resumed run rewrites the steps after its checkpoint: keep each step's last row.
+  latest: dict[tuple[int, bool], dict] = {}
+  for r in writers.read_jsonl(metrics_path):
+    latest[(r["step"], "val/psnr" in r)] = r
+  rows = [latest[k] for k in sorted(latest)]
   train = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
   val = [(r["step"], r["val/psnr"], r["val/ssim"], r["val/input_psnr"]) for r in rows
          if "val/psnr" in r]

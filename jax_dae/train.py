@@ -618,18 +618,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step += steps_per_call
         trained_images += steps_per_call * batch_size
         epoch_losses.append(step_metrics["loss"])
-        writer.write_scalars(step, {f"train/{k}": float(np.mean(v))
-                                    for k, v in step_metrics.items()})
+        means = {k: float(np.mean(v)) for k, v in step_metrics.items()}
+        writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
         bar.update(steps_per_call * batch_size)
-        bar.set_postfix(loss=f"{float(np.mean(step_metrics['loss'])):.4f}")
+        bar.set_postfix(loss=f"{means['loss']:.4f}")
 
     val = evaluators["val"](state)
+    epoch_loss = float(np.mean(np.concatenate(epoch_losses)))
     writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()}
-                         | {"epoch": epoch + 1,
-                            "train/epoch_loss": float(np.mean(np.concatenate(epoch_losses)))})
+                         | {"epoch": epoch + 1, "train/epoch_loss": epoch_loss})
     logging.info("epoch %d: loss %.5f, val PSNR %.2f dB, SSIM %.4f (input %.2f / %.4f)",
-                 epoch + 1, float(np.mean(np.concatenate(epoch_losses))), val["psnr"],
-                 val["ssim"], val["input_psnr"], val["input_ssim"])
+                 epoch + 1, epoch_loss, val["psnr"], val["ssim"], val["input_psnr"],
+                 val["input_ssim"])
     ckpt.save(step, state, metrics=val)
     noisy, recon = distributed.to_host(reconstruct(state, *sample_inputs))
     if main_process:
