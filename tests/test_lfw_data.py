@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from jax_dae import data
-from jax_dae.data import cache, lfw, preprocess
+from jax_dae.data import cache, lfw, preprocess, splits
 
 
 def _lfw_config(data_dir, cache_dir, **split):
@@ -22,7 +22,7 @@ def _lfw_config(data_dir, cache_dir, **split):
 
 def test_seed_split_sizes_cover_all_images_disjointly():
   sizes = {"test": 3708, "val": 1905, "train": 7620}
-  parts = lfw.split_indices(lfw.NUM_IMAGES, sizes, seed=0)
+  parts = splits.split_indices(lfw.NUM_IMAGES, sizes, seed=0)
   assert {k: len(v) for k, v in parts.items()} == sizes
   union = np.concatenate(list(parts.values()))
   assert len(np.unique(union)) == lfw.NUM_IMAGES == len(union)
@@ -30,15 +30,15 @@ def test_seed_split_sizes_cover_all_images_disjointly():
 
 def test_split_is_deterministic_per_seed():
   sizes = {"test": 30, "val": 20, "train": 50}
-  a, b = lfw.split_indices(1000, sizes, 0), lfw.split_indices(1000, sizes, 0)
-  c = lfw.split_indices(1000, sizes, 1)
+  a, b = splits.split_indices(1000, sizes, 0), splits.split_indices(1000, sizes, 0)
+  c = splits.split_indices(1000, sizes, 1)
   assert all(np.array_equal(a[k], b[k]) for k in sizes)
   assert not np.array_equal(a["test"], c["test"])
 
 
 def test_split_larger_than_source_names_the_field():
   with pytest.raises(ValueError, match="config.data.split"):
-    lfw.split_indices(10, {"train": 8, "test": 4}, 0)
+    splits.split_indices(10, {"train": 8, "test": 4}, 0)
 
 
 def _first_lfw_images(shared_data, count):

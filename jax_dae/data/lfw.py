@@ -178,16 +178,6 @@ def content_digest(path: Path) -> str:
   return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def split_indices(num_images: int, sizes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
-  """Deterministic random split: one permutation, cut in config order.
-
-  With seed 000's sizes the three parts cover all 13,233 images; smaller sizes
-  take a random subset of them (the smoke settings do this). Same as
-  ``splits.split_indices``, which every source shares.
-  """
-  return splits.split_indices(num_images, sizes, seed)
-
-
 def _decode_all(
     source: _Source, names: list[str], resize: int, crop: int, mode: str = "RGB"
 ) -> np.ndarray:
@@ -253,7 +243,7 @@ def load(config) -> dict[str, np.ndarray]:
 
   def build() -> dict[str, np.ndarray]:
     counts = {s: splits.count(n, len(names), split=s) for s, n in sizes.items()}
-    indices = split_indices(len(names), counts, config.split_seed)
+    indices = splits.split_indices(len(names), counts, config.split_seed)
     wanted = sorted({names[i] for idx in indices.values() for i in idx})
     images = _decode_all(source, wanted, config.resize, config.crop, mode)
     row = {name: r for r, name in enumerate(wanted)}
