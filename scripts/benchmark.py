@@ -359,6 +359,32 @@ def synthetic_images(count: int, size: int, seed: int) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
 
+def build_jax_loop(model_name, loss_name, batch, precision, images, steps, *, upsample="",
+                   seed=0) -> dict[str, Any]:
+  """jax_dae's train loop of one row (not yet lowered) and its first arguments.
+
+  Also used by ``scripts/profile_step.py``, so that it profiles this very loop.
+
+  Returns:
+    A dict with ``loop`` (``train.make_train_loop`` of ``steps`` steps per
+    call), its arguments ``state``, ``perm`` and ``step_key`` (``images`` is the
+    fourth), and ``train_step`` and ``corrupt``.
+  """
+  config = make_config(model_name, loss_name, batch, precision, upsample)
+  image_shape = tuple(images.shape[1:])
+  model = train.create_model(config)
+  tx = train.create_optimizer(config)
+  corrupt = corruptions.parse(config.corruption, image_shape)
+  train_step = train.make_train_step(loss_fn=create_loss(config), corrupt=corrupt)
+  loop = train.make_train_loop(train_step, batch_size=batch,
+                               steps_per_epoch=images.shape[0] // batch, steps_per_call=steps)
+  init_key, perm_key, step_key = jax.random.split(jax.random.key(seed), 3)
+  state = jax.jit(functools.partial(train.init_state, model, tx, image_shape))(init_key)
+  perm = jax.random.permutation(perm_key, images.shape[0])
+  return dict(loop=loop, state=state, perm=perm, step_key=step_key, train_step=train_step,
+              corrupt=corrupt)
+
+
 def run_jax_row(model_name, loss_name, batch, precision, images, args):
   """Compiles and times jax_dae's train loop for one row.
 
@@ -366,18 +392,11 @@ def run_jax_row(model_name, loss_name, batch, precision, images, args):
     ``(results, state, corrupt)``: the numbers, the trained state and the
     corruption (both reused by the evaluation).
   """
-  config = make_config(model_name, loss_name, batch, precision, args.upsample)
-  image_shape = tuple(images.shape[1:])
-  model = train.create_model(config)
-  tx = train.create_optimizer(config)
-  corrupt = corruptions.parse(config.corruption, image_shape)
-  train_step = train.make_train_step(loss_fn=create_loss(config), corrupt=corrupt)
   steps = steps_per_window(args, batch)
-  loop = train.make_train_loop(train_step, batch_size=batch,
-                               steps_per_epoch=images.shape[0] // batch, steps_per_call=steps)
-  init_key, perm_key, step_key = jax.random.split(jax.random.key(args.seed), 3)
-  state = jax.jit(functools.partial(train.init_state, model, tx, image_shape))(init_key)
-  perm = jax.random.permutation(perm_key, images.shape[0])
+  row = build_jax_loop(model_name, loss_name, batch, precision, images, steps,
+                       upsample=args.upsample, seed=args.seed)
+  loop, state, perm, step_key = row["loop"], row["state"], row["perm"], row["step_key"]
+  train_step, corrupt = row["train_step"], row["corrupt"]
 
   t = time.perf_counter()
   lowered = loop.lower(state, images, perm, step_key)
