@@ -1,21 +1,32 @@
-r"""Makes the compact carry form of LFW for machines that take few bytes.
+r"""Makes the compact carry forms of LFW for machines that take few bytes.
 
 The GPU machines accept at most 64 MiB of files per call and the LFW archive
-is 109 MB. Seed 000's pipeline (resize 250 -> 224, center crop 112) only reads
-the source pixels around the central 125x125 region. This script keeps, for
-every image, the 144x144 region at offset (48, 48) as a *lossless* JPEG crop
-(``jpegtran -crop``: the DCT blocks are copied, nothing is re-encoded; 48 is a
-multiple of the 16-pixel MCU of LFW's 4:2:0 JPEGs), in a plain tar with a
-``CROP.json`` that tells the LFW reader where the crop sits in the original.
-The reader then resamples exactly the same source region
-(``jax_dae.data.preprocess.resize_center_crop`` with ``origin``).
+is 109 MB. Two forms, each a plain tar of JPEGs with a ``CROP.json`` that tells
+the LFW reader where the images sit in the original 250x250 frame:
+
+* the crop form (default, ``lfw-deepfunneled.crop.tar``, 52 MiB), for seed
+  000's pipeline (resize 250 -> 224, center crop 112), which only reads the
+  source pixels around the central 125x125 region. For every image it keeps the
+  144x144 region at offset (48, 48) as a *lossless* JPEG crop (``jpegtran
+  -crop``: the DCT blocks are copied, nothing is re-encoded; 48 is a multiple
+  of the 16-pixel MCU of LFW's 4:2:0 JPEGs). The reader resamples exactly the
+  same source region (``preprocess.resize_center_crop`` with ``origin``), so
+  the crops are bit-identical; a preprocessing that reads outside the kept
+  region is refused.
+* a preset form (``--preset gray100`` or ``rgb64``,
+  ``lfw-deepfunneled.<preset>.tar``), for the whole-frame settings of seeds
+  001 and 002 (``lfw.PRESETS``): the preprocessed images themselves, as JPEGs
+  of ``--quality`` (95; no chroma subsampling), which the reader takes as they
+  are. Lossless PNG or WebP would not fit (70 and 63 MiB for gray100).
+
+Either way the script ends by comparing what the carry form yields with what
+the original archive yields, image by image (max |diff|, PSNR).
 
 Usage:
   python scripts/make_lfw_carry.py --data_dir=../shared/data --out=.carry/data
-  # writes .carry/data/lfw-deepfunneled.crop.tar and prints how the 112x112
-  # crops it yields compare with those of the original archive.
+  python scripts/make_lfw_carry.py --preset=gray100 --out=.carry/gray100
 
-Needs ``jpegtran`` (Debian: libjpeg-turbo-progs).
+The crop form needs ``jpegtran`` (Debian: libjpeg-turbo-progs).
 """
 
 from __future__ import annotations
@@ -28,15 +39,19 @@ import os
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from jax_dae.data import lfw, preprocess
 
 ORIGIN = 48
 SIZE = 144
 FULL = 250
+# Seed 000's preprocessing, which the crop form serves.
+CROP_SETTING = {"mode": "RGB", "resize": 224, "crop": 112}
 
 
 def crop_losslessly(data: bytes) -> bytes:
@@ -45,57 +60,88 @@ def crop_losslessly(data: bytes) -> bytes:
   return subprocess.run(cmd, input=data, capture_output=True, check=True).stdout
 
 
+def preprocessed(data: bytes, name: str, setting: dict, **placement) -> np.ndarray:
+  image = preprocess.decode(data, mode=setting["mode"], name=name)
+  return preprocess.resize_center_crop(
+      image, resize=setting["resize"], crop=setting["crop"], **placement)
+
+
+def encode_jpeg(array: np.ndarray, quality: int) -> bytes:
+  image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+  buffer = io.BytesIO()
+  image.save(buffer, "JPEG", quality=quality, subsampling=0, optimize=True)
+  return buffer.getvalue()
+
+
+def parallel_map(fn: Callable, items) -> list:
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    return list(pool.map(fn, items))
+
+
+def write_tar(out: Path, meta: dict, members: list[tuple[str, bytes]]) -> None:
+  """Writes ``CROP.json`` and the members, atomically."""
+  tmp = out.with_name(out.name + ".part")
+  with tarfile.open(tmp, "w") as tar:
+    for name, data in [(lfw.CARRY_META, json.dumps(meta).encode()), *members]:
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  os.replace(tmp, out)
+
+
+def compare(setting: dict, originals: list[tuple[str, bytes]], carried: list[bytes],
+            placement: dict) -> None:
+  """Prints how the carry form's preprocessed images differ from the original's."""
+
+  def both(pair):
+    (name, full), small = pair
+    a = preprocessed(full, name, setting).astype(np.int32)
+    b = preprocessed(small, name, setting, **placement).astype(np.int32)
+    return int(np.abs(a - b).max()), float(np.mean((a - b).astype(np.float64) ** 2))
+
+  stats = parallel_map(both, zip(originals, carried, strict=True))
+  mse = float(np.mean([s[1] for s in stats]))
+  psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+  print(f"carry vs original {setting}: {sum(s[0] > 0 for s in stats)} of {len(stats)} images "
+        f"differ, max |diff| {max(s[0] for s in stats)}, PSNR {psnr:.2f} dB")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--data_dir", default="../shared/data")
   parser.add_argument("--variant", default="deepfunneled", choices=sorted(lfw.VARIANTS))
+  parser.add_argument("--preset", choices=sorted(lfw.PRESETS),
+                      help="make the preset form instead of the crop form")
+  parser.add_argument("--quality", type=int, default=95, help="JPEG quality of the preset form")
   parser.add_argument("--out", default=".carry/data")
   args = parser.parse_args()
 
   variant = lfw.VARIANTS[args.variant]
   source = Path(args.data_dir) / variant.archive
-  out = Path(args.out) / (variant.folder + lfw.CARRY_SUFFIX)
-  out.parent.mkdir(parents=True, exist_ok=True)
-
   t0 = time.time()
   with tarfile.open(source) as tar:
-    members = [(m.name, tar.extractfile(m).read()) for m in tar if lfw._is_image(m.name)]
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-    crops = list(pool.map(crop_losslessly, (d for _, d in members)))
+    originals = [(m.name, tar.extractfile(m).read()) for m in tar if lfw._is_image(m.name)]
 
-  tmp = out.with_name(out.name + ".part")
-  with tarfile.open(tmp, "w") as tar:
-    meta = json.dumps({"origin": [ORIGIN, ORIGIN], "full_size": [FULL, FULL]}).encode()
-    info = tarfile.TarInfo(lfw.CARRY_META)
-    info.size = len(meta)
-    tar.addfile(info, io.BytesIO(meta))
-    for (name, _), data in zip(members, crops, strict=True):
-      info = tarfile.TarInfo(name)
-      info.size = len(data)
-      tar.addfile(info, io.BytesIO(data))
-  os.replace(tmp, out)
-  print(f"wrote {out}: {len(crops)} images, {out.stat().st_size / 2**20:.1f} MiB "
+  if args.preset:
+    setting = lfw.PRESETS[args.preset]
+    out = Path(args.out) / lfw.preset_carry_name(args.variant, args.preset)
+    carried = parallel_map(
+        lambda pair: encode_jpeg(preprocessed(pair[1], pair[0], setting), args.quality),
+        originals)
+    size = setting["crop"]
+    placement = {"origin": (0, 0), "full_size": (size, size)}
+    meta = {**placement, "preset": args.preset, "quality": args.quality}
+  else:
+    setting = CROP_SETTING
+    out = Path(args.out) / (variant.folder + lfw.CARRY_SUFFIX)
+    carried = parallel_map(crop_losslessly, (data for _, data in originals))
+    placement = {"origin": (ORIGIN, ORIGIN), "full_size": (FULL, FULL)}
+    meta = dict(placement)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  write_tar(out, meta, [(name, data) for (name, _), data in zip(originals, carried, strict=True)])
+  print(f"wrote {out}: {len(carried)} images, {out.stat().st_size / 2**20:.1f} MiB "
         f"(original {source.stat().st_size / 2**20:.1f} MiB) in {time.time() - t0:.0f} s")
-
-  # What the carry form changes: compare the 112x112 crops of both forms.
-  def both(pair):
-    (name, full), crop = pair
-    a = preprocess.resize_center_crop(preprocess.decode(full, mode="RGB", name=name),
-                                      resize=224, crop=112)
-    b = preprocess.resize_center_crop(preprocess.decode(crop, mode="RGB", name=name),
-                                      resize=224, crop=112, origin=(ORIGIN, ORIGIN),
-                                      full_size=(FULL, FULL))
-    diff = a.astype(np.int32) - b.astype(np.int32)
-    return int(np.abs(diff).max()), float(np.mean(diff.astype(np.float64) ** 2))
-
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-    stats = list(pool.map(both, zip(members, crops, strict=True)))
-  max_abs = max(s[0] for s in stats)
-  mse = float(np.mean([s[1] for s in stats]))
-  differing = sum(s[0] > 0 for s in stats)
-  psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-  print(f"carry vs original 112x112 crops: {differing} of {len(stats)} images differ, "
-        f"max |diff| {max_abs}, PSNR {psnr:.2f} dB")
+  compare(setting, originals, carried, placement)
 
 
 if __name__ == "__main__":

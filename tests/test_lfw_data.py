@@ -1,6 +1,8 @@
 """LFW source: split, crop geometry, cache, missing-data message (real images)."""
 
 import io
+import itertools
+import json
 import tarfile
 
 import ml_collections
@@ -112,3 +114,57 @@ def test_missing_dataset_names_file_and_place(tmp_path):
   assert "lfw-deepfunneled.tgz" in message
   assert str((tmp_path / "nowhere").resolve()) in message
   assert "--config.data.dir" in message
+
+
+def _write_carry(path, meta, members):
+  with tarfile.open(path, "w") as tar:
+    for name, blob in [(lfw.CARRY_META, json.dumps(meta).encode()), *members]:
+      info = tarfile.TarInfo(name)
+      info.size = len(blob)
+      tar.addfile(info, io.BytesIO(blob))
+
+
+def _named_lfw_images(shared_data, count):
+  with tarfile.open(shared_data / "lfw-deepfunneled.tgz") as tar:
+    members = itertools.islice((m for m in tar if m.name.endswith(".jpg")), count)
+    return [(m.name, tar.extractfile(m).read()) for m in members]
+
+
+def test_preset_carry_form_is_read_as_is_and_crop_carry_refuses_other_settings(
+    shared_data, tmp_path):
+  originals = _named_lfw_images(shared_data, 12)
+  preset = lfw.PRESETS["gray100"]
+  exact = {n: preprocess.resize_center_crop(preprocess.decode(b, mode="L", name=n), resize=100,
+                                            crop=100) for n, b in originals}
+  carried = {}
+  for name, array in exact.items():
+    buffer = io.BytesIO()
+    Image.fromarray(array[..., 0]).save(buffer, "JPEG", quality=95)
+    carried[name] = buffer.getvalue()
+  (tmp_path / "preset").mkdir()
+  _write_carry(tmp_path / "preset" / lfw.preset_carry_name("deepfunneled", "gray100"),
+               {"origin": [0, 0], "full_size": [100, 100], "preset": "gray100"},
+               list(carried.items()))
+  config = _lfw_config(tmp_path / "preset", tmp_path / "cache", test=4, val=2, train=6)
+  config.update(preset)
+  loaded = np.concatenate(list(data.load(config).values()))
+  assert loaded.shape == (12, 100, 100, 1)
+  # The carried JPEGs, decoded and taken as they are (no second resampling)...
+  decoded = {n: np.asarray(Image.open(io.BytesIO(b)))[..., None] for n, b in carried.items()}
+  assert sorted(map(bytes, loaded)) == sorted(map(bytes, decoded.values()))
+  # ...which are within JPEG quality-95 error of the exact preprocessing.
+  errors = [np.mean((decoded[n].astype(float) - exact[n]) ** 2) for n in exact]
+  assert 10 * np.log10(255**2 / np.mean(errors)) > 40
+
+  # Seed 000's crop form holds only the central region: a whole-frame setting is refused.
+  (tmp_path / "crop").mkdir()
+  crops = []
+  for name, blob in originals:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(blob)).crop((48, 48, 192, 192)).save(buffer, "JPEG", quality=95)
+    crops.append((name, buffer.getvalue()))
+  _write_carry(tmp_path / "crop" / ("lfw-deepfunneled" + lfw.CARRY_SUFFIX),
+               {"origin": [48, 48], "full_size": [250, 250]}, crops)
+  config.dir = str(tmp_path / "crop")
+  with pytest.raises(ValueError, match="does not hold the region.*make_lfw_carry"):
+    data.load(config)

@@ -4,9 +4,13 @@ Sources, tried in this order under ``config.data.dir``:
   1. the extracted folder (``lfw-deepfunneled/``, ``lfw_funneled/``, ``lfw/``);
   2. the official archive (``lfw-deepfunneled.tgz``, ``lfw-funneled.tgz``,
      ``lfw.tgz``);
-  3. the compact carry form (``lfw-deepfunneled.crop.tar``, made by
-     ``scripts/make_lfw_carry.py``): lossless JPEG crops of the region the
-     pipeline reads, small enough to send to a GPU machine;
+  3. a compact carry form, small enough to send to a GPU machine (made by
+     ``scripts/make_lfw_carry.py``): for a preset below,
+     ``lfw-deepfunneled.<preset>.tar`` (its preprocessed images as quality-95
+     JPEGs; the script prints how far they are from the exact ones), else
+     ``lfw-deepfunneled.crop.tar`` (lossless JPEG crops of the region that
+     seed 000's preprocessing reads; a setting that reads outside it is
+     refused);
   4. a download (the public mirrors scikit-learn uses), when allowed;
   5. otherwise ``DataMissingError`` naming the file and the folder.
 The TFDS ``lfw`` builder is read with ``variant="tfds"``.
@@ -86,6 +90,17 @@ PRESETS = {
 }
 CARRY_SUFFIX = ".crop.tar"
 CARRY_META = "CROP.json"
+
+
+def preset_of(mode: str, resize: int, crop: int) -> str | None:
+  """The name of the preset with these fields, if any."""
+  fields = {"mode": mode, "resize": resize, "crop": crop}
+  return next((name for name, preset in PRESETS.items() if preset == fields), None)
+
+
+def preset_carry_name(variant: str, preset: str) -> str:
+  """File name of the carry form that holds ``preset``'s preprocessed images."""
+  return f"{VARIANTS[variant].folder}.{preset}.tar"
 NUM_IMAGES = 13233
 
 
@@ -134,8 +149,12 @@ class _Source:
           yield member.name, tar.extractfile(member).read()
 
 
-def find_source(data_dir: str | os.PathLike, variant: str, *, allow_download: bool) -> Path:
+def find_source(
+    data_dir: str | os.PathLike, variant: str, *, allow_download: bool, preset: str | None = None
+) -> Path:
   """Locates (or downloads) the LFW files for ``variant`` under ``data_dir``.
+
+  ``preset`` (a key of ``PRESETS``) also accepts that preset's carry form.
 
   Raises:
     DataMissingError: nothing found and no download possible; says which file
@@ -147,7 +166,11 @@ def find_source(data_dir: str | os.PathLike, variant: str, *, allow_download: bo
     )
   v = VARIANTS[variant]
   root = Path(data_dir).expanduser()
-  for candidate in (root / v.folder, root / v.archive, root / (v.folder + CARRY_SUFFIX)):
+  candidates = [root / v.folder, root / v.archive]
+  if preset is not None:
+    candidates.append(root / preset_carry_name(variant, preset))
+  candidates.append(root / (v.folder + CARRY_SUFFIX))
+  for candidate in candidates:
     if candidate.exists():
       return candidate
   where = root.resolve()
@@ -187,9 +210,16 @@ def _decode_all(
 
   def work(name: str, data: bytes) -> None:
     image = preprocess.decode(data, mode=mode, name=f"{source.path}:{name}")
-    out[position[name]] = preprocess.resize_center_crop(
-        image, resize=resize, crop=crop, origin=source.origin, full_size=source.full_size
-    )
+    try:
+      out[position[name]] = preprocess.resize_center_crop(
+          image, resize=resize, crop=crop, origin=source.origin, full_size=source.full_size
+      )
+    except ValueError as e:
+      hint = ""
+      if source.full_size is not None:
+        hint = (" This carry form was made for another preprocessing: use the archive, or make "
+                "the matching one with scripts/make_lfw_carry.py.")
+      raise ValueError(f"{source.path}:{name}: {e}{hint}") from None
 
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
     futures = [pool.submit(work, n, d) for n, d in source.read(set(names))]
@@ -228,7 +258,10 @@ def load(config) -> dict[str, np.ndarray]:
         "lfw", data_dir=config.get("tfds_data_dir", "") or None, image_key="image", mode=mode,
         resize=config.resize, crop=config.crop, background=255, split=sizes, split_from=None,
         split_seed=config.split_seed, cache_dir=config.get("cache_dir", "") or None)
-  source = _Source(find_source(config.dir, config.variant, allow_download=config.download))
+  preset = preset_of(mode, config.resize, config.crop)
+  source = _Source(
+      find_source(config.dir, config.variant, allow_download=config.download, preset=preset)
+  )
   names, fingerprint = source.names, source.fingerprint()
   params = {
       "source": fingerprint,

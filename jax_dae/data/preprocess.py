@@ -65,6 +65,10 @@ def resize_center_crop(
 
   Returns:
     ``[crop, crop, bands]`` uint8 array.
+
+  Raises:
+    ValueError: the crop does not fit, or ``image`` (a part of the full image)
+      does not hold the region the crop reads.
   """
   width, height = full_size or image.size
   scale = resize / min(width, height)
@@ -80,6 +84,14 @@ def resize_center_crop(
       (left + crop) * sx - origin[0],
       (top + crop) * sy - origin[1],
   )
+  tolerance = 1e-6
+  if (min(box[:2]) < -tolerance or box[2] > image.width + tolerance
+      or box[3] > image.height + tolerance):
+    raise ValueError(
+        f"the {image.width}x{image.height} image at {origin} of a {width}x{height} frame does "
+        f"not hold the region that resize {resize} / crop {crop} reads "
+        f"({', '.join(f'{v + o:.1f}' for v, o in zip(box, origin * 2, strict=True))})."
+    )
   out = image.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
   array = np.asarray(out, dtype=np.uint8)
   return array[..., None] if array.ndim == 2 else array
