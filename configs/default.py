@@ -57,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Corruption applied to the clean images inside the step: see
   # jax_dae.corruptions.available(); ops separated by "|".
   config.corruption = "gaussian_blur(kernel=9,sigma=4)"
+  # More corruptions the test split is also evaluated under, by name (results.json
+  # "test_by_corruption"), e.g. {"speckle": "speckle(var=0.02)"}.
+  config.test_corruptions = ml_collections.ConfigDict()
 
   config.model = ml_collections.ConfigDict()
   # Model name: see jax_dae.models.available().
@@ -92,6 +95,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.num_samples = 8
   # Checkpoints kept in workdir/checkpoints.
   config.train.max_checkpoints = 3
+  # Early stopping: stop after this many epochs without a better validation
+  # PSNR (0: train all num_epochs).
+  config.train.patience = 0
+  # Also evaluate the test split after these epochs (results.json "test_by_epoch").
+  config.train.test_epochs = ()
 
   config.mesh = ml_collections.ConfigDict()
   # Devices for data parallelism: 0 = all local devices.

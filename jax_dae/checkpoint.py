@@ -70,12 +70,14 @@ class Checkpointer:
     steps = self._best.all_steps()
     metrics = self._best.metrics(steps[-1]) if steps else None
     self._best_value = metrics[best_metric] if metrics else -float("inf")
+    self._best_step = steps[-1] if steps else None
 
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
 
   def best_step(self) -> int | None:
-    return self._best.latest_step()
+    """The step of the best checkpoint (counting saves still being written)."""
+    return self._best_step
 
   def save(self, step: int, state: Any, metrics: Mapping[str, float] | None = None) -> None:
     """Saves ``state`` at ``step``; also as the best if ``metrics`` beat the best so far.
@@ -90,6 +92,7 @@ class Checkpointer:
     value = metrics.get(self._best_metric)
     if value is not None and value > self._best_value:
       self._best_value = value
+      self._best_step = step
       self._latest.wait_until_finished()
       self._best.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
 

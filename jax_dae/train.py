@@ -374,6 +374,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{field}={value!r} must be an integer >= 1.")
   if config.train.num_samples < 0:
     raise ValueError(f"config.train.num_samples={config.train.num_samples} must be >= 0.")
+  if not isinstance(config.train.patience, int) or config.train.patience < 0:
+    raise ValueError(f"config.train.patience={config.train.patience!r} must be an integer >= 0 "
+                     "(0 = no early stopping).")
+  for epoch in config.train.test_epochs:
+    if not isinstance(epoch, int) or not 1 <= epoch <= config.train.num_epochs:
+      raise ValueError(f"config.train.test_epochs={tuple(config.train.test_epochs)!r}: each must "
+                       f"be an epoch number from 1 to {config.train.num_epochs}.")
+  for name, spec in config.test_corruptions.items():
+    try:
+      corruptions.parse(spec)
+    except ValueError as e:
+      raise ValueError(f"config.test_corruptions.{name}={spec!r}: {e}") from None
   if config.mesh.num_devices < 0:
     raise ValueError(f"config.mesh.num_devices={config.mesh.num_devices} must be >= 0 "
                      "(0 = all local devices).")
@@ -496,6 +508,14 @@ class _HostEvaluator:
     return {k: float(v) / num for k, v in distributed.to_host(sums).items()}
 
 
+def _test_by_epoch(metrics_path: Path) -> dict[str, dict[str, float]]:
+  """``{epoch: test metrics}`` of the epochs in config.train.test_epochs (last run wins)."""
+  rows = writers.read_jsonl(metrics_path) if metrics_path.exists() else []
+  return {str(int(row["epoch"])): {k[len("test/"):]: v for k, v in row.items()
+                                   if k.startswith("test/")}
+          for row in rows if "epoch" in row and any(k.startswith("test/") for k in row)}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates every epoch, checkpoints, and writes the test results.
 
@@ -541,6 +561,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_model_fits_data(model, config.model.name, image_shape)
   tx = create_optimizer(config)
   corrupt = corruptions.parse(config.corruption, image_shape)
+  test_corruptions = {name: corruptions.parse(spec, image_shape)
+                      for name, spec in config.test_corruptions.items()}
   loss_fn = losses.create(config.loss)
 
   root = jax.random.key(config.seed)
@@ -584,6 +606,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    batch_size=eval_batch)
       for s in ("val", "test")
   }
+  # The test split under each of config.test_corruptions, by name.
+  corruption_evaluators = {
+      name: evaluator(make_eval_step(corrupt=c), splits["test"], eval_key,
+                      batch_sharding=batch_sharding, batch_size=eval_batch)
+      for name, c in test_corruptions.items()
+  }
   logging.info("Training data placement: %s.", placement)
 
   # Compile ahead of time so compile time is measured apart from training.
@@ -600,10 +628,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   reconstruct = jax.jit(make_reconstruct(corrupt=corrupt))
 
+  def stop_early(epochs_done: int) -> bool:
+    best_epoch = (ckpt.best_step() or 0) // steps_per_epoch
+    return bool(config.train.patience) and epochs_done - best_epoch >= config.train.patience
+
   train_time = 0.0
   trained_images = 0
   step = start_step
   for epoch in range(start_step // steps_per_epoch, config.train.num_epochs):
+    if stop_early(epoch):
+      logging.info("Early stop after epoch %d: no better validation PSNR for %d epochs.",
+                   epoch, config.train.patience)
+      break
     feed.start_epoch(epoch)
     epoch_losses = []
     with tqdm(total=steps_per_epoch * batch_size, initial=(step % steps_per_epoch) * batch_size,
@@ -625,8 +661,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     val = evaluators["val"](state)
     epoch_loss = float(np.mean(np.concatenate(epoch_losses)))
-    writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()}
-                         | {"epoch": epoch + 1, "train/epoch_loss": epoch_loss})
+    scalars = {f"val/{k}": v for k, v in val.items()}
+    if epoch + 1 in config.train.test_epochs:
+      scalars |= {f"test/{k}": v for k, v in evaluators["test"](state).items()}
+    writer.write_scalars(step, scalars | {"epoch": epoch + 1, "train/epoch_loss": epoch_loss})
     logging.info("epoch %d: loss %.5f, val PSNR %.2f dB, SSIM %.4f (input %.2f / %.4f)",
                  epoch + 1, epoch_loss, val["psnr"], val["ssim"], val["input_psnr"],
                  val["input_ssim"])
@@ -647,13 +685,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def model_only(m):
     return {k: v for k, v in m.items() if not k.startswith("input_")}
 
+  def input_only(m):
+    return {k[len("input_"):]: v for k, v in m.items() if k.startswith("input_")}
+
+  by_corruption = {}
+  for name, evaluate in corruption_evaluators.items():
+    metrics, metrics_best = evaluate(state), evaluate(best_state)
+    by_corruption[name] = {"test": model_only(metrics), "test_input": input_only(metrics),
+                           "test_at_best_val": model_only(metrics_best)}
+
+  # The first test faces, as corrupted for the evaluation, through the final model.
+  test_faces = np.asarray(splits["test"][: config.train.num_samples])
+  noisy, recon = distributed.to_host(reconstruct(
+      state, distributed.replicate(test_faces, replicated),
+      corruptions.example_keys(eval_key, jnp.arange(len(test_faces)))))
+  if main_process and len(test_faces):
+    plots.save_sample_grid(workdir / "samples" / "test.png", noisy, recon, test_faces / 255.0)
+    writers.save_npz(workdir / "test_samples.npz", corrupted=plots.to_uint8(noisy),
+                     reconstructed=plots.to_uint8(recon), clean=test_faces)
+
   results = {
       "config": config.to_dict(),
       "step": int(state.step),
+      "epochs": int(state.step) // steps_per_epoch,
       "test": model_only(test),
-      "test_input": {k[len("input_"):]: v for k, v in test.items() if k.startswith("input_")},
+      "test_input": input_only(test),
       "best_val_step": int(best_state.step),
       "test_at_best_val": model_only(test_best),
+      "test_by_epoch": _test_by_epoch(workdir / "metrics.jsonl"),
+      "test_by_corruption": by_corruption,
       "num_test_images": len(splits["test"]),
       "devices": [str(d) for d in mesh.devices.flat],
       "placement": placement,

@@ -1,4 +1,4 @@
-"""Metric and result files: JSON lines, TensorBoard, atomic JSON."""
+"""Metric and result files: JSON lines, TensorBoard, atomic JSON and npz."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from absl import logging
 
 
@@ -22,6 +23,20 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
       json.dump(obj, f, indent=2, sort_keys=True, default=str)
       f.flush()
       os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
+  """Writes an ``.npz`` of ``arrays`` atomically."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)

@@ -148,7 +148,11 @@ def test_end_to_end_on_real_lfw_writes_outputs_and_resumes(shared_data, tmp_path
   assert first["step"] == 8  # 32 images / batch 8 = 4 steps per epoch
   assert (workdir / "results.json").is_file() and (workdir / "curves.png").is_file()
   assert sorted(p.name for p in (workdir / "samples").glob("*.png")) == [
-      "epoch_001.png", "epoch_002.png"]
+      "epoch_001.png", "epoch_002.png", "test.png"]
+  # The first test faces, corrupted as the evaluation corrupts them, through the final model.
+  faces = np.load(workdir / "test_samples.npz")
+  assert faces["clean"].shape == faces["reconstructed"].shape == (4, 32, 32, 3)
+  assert 15 < _psnr(faces["corrupted"], faces["clean"]) < 35
   saved = json.loads((workdir / "results.json").read_text())
   for key in ("psnr", "ssim"):
     assert np.isfinite(saved["test"][key]) and np.isfinite(saved["test_input"][key])
@@ -164,6 +168,37 @@ def test_end_to_end_on_real_lfw_writes_outputs_and_resumes(shared_data, tmp_path
   # ...and ends exactly where an uninterrupted 3-epoch run ends.
   straight = _run(tmp_path / "straight", shared_data, tmp_path, epochs=3)
   assert straight["test"] == resumed["test"]
+
+
+def _psnr(a, b):
+  mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
+  return float(np.mean(10 * np.log10(255.0**2 / mse)))
+
+
+@pytest.mark.slow
+def test_early_stopping_per_epoch_tests_and_named_test_corruptions(shared_data, tmp_path):
+  from configs import mnist_dae
+
+  config = mnist_dae.get_config("runlocal")
+  config.data.dir = str(shared_data)
+  config.data.cache_dir = str(tmp_path / "cache")
+  config.mesh.num_devices = 1
+  # Steps of 1e-30 leave every float32 output as it was: validation never improves.
+  config.optimizer.learning_rate = 1e-30
+  config.train.num_epochs = 4
+  config.train.patience = 1
+  config.train.test_epochs = (1, 2, 4)
+  config.test_corruptions = {"same": config.corruption, "blur": "gaussian_blur(kernel=5,sigma=2)"}
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  # Best at epoch 1, no better epoch 2: stopped before epoch 3 (Keras' patience rule).
+  assert results["epochs"] == 2 and results["best_val_step"] == results["step"] // 2
+  # Epoch 4 never ran; the model did not change, so every test evaluation agrees.
+  assert sorted(results["test_by_epoch"]) == ["1", "2"]
+  for metrics in results["test_by_epoch"].values():
+    assert metrics["psnr"] == results["test"]["psnr"]
+  same, blur = results["test_by_corruption"]["same"], results["test_by_corruption"]["blur"]
+  assert same["test"] == results["test"] and same["test_input"] == results["test_input"]
+  assert blur["test_input"]["psnr"] != pytest.approx(results["test_input"]["psnr"], abs=0.5)
 
 
 @pytest.mark.slow
