@@ -708,6 +708,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "config": config.to_dict(),
       "step": int(state.step),
       "epochs": int(state.step) // steps_per_epoch,
+      "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
       "test": model_only(test),
       "test_input": input_only(test),
       "best_val_step": int(best_state.step),
