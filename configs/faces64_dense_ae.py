@@ -17,8 +17,8 @@ image in, as the seed's bottleneck sweep).
 Command:
   python -m jax_dae.main --config=configs/faces64_dense_ae.py:distortion=all \
       --workdir=runs/faces64_dense_all --config.data.dir=../shared/data
-Other decoders / bottlenecks: --config.model.name=GrazAE_net2 (bottleneck 4096),
---config.model.bottleneck=512.
+Bottleneck size (the seed's sweep): `:distortion=none,bottleneck=512`. Other
+decoders: --config.model.name=GrazAE_net2 (bottleneck 4096).
 
 Smoke setting: `:runlocal` (tiny model, 64 images; under a minute on a CPU).
 Expected: a few minutes on one GPU; the seed's seven-row test-MSE table is in
@@ -47,13 +47,14 @@ def corruption(distortion: str) -> str:
 
 
 def get_config(arg: str | None = None):
-  """``arg``: comma-separated ``distortion=<name>`` and/or ``runlocal``."""
-  args = default.parse_arg(arg, distortion="all", runlocal=False)
+  """``arg``: comma-separated ``distortion=<name>``, ``bottleneck=<units>``, ``runlocal``."""
+  args = default.parse_arg(arg, distortion="all", bottleneck=1000, runlocal=False)
   config = default.get_config()
   config.data.resize = config.data.crop = 64  # whole frame, no crop
   config.data.split = {"test": 0.2, "train": 0.64, "val": 0.16}
   config.corruption = corruption(args.distortion)
   config.model.name = "GrazAE"
+  config.model.bottleneck = args.bottleneck
   config.optimizer.learning_rate = 1e-3
   config.optimizer.weight_decay = 0.0
   config.train.batch_size = 32
@@ -63,4 +64,5 @@ def get_config(arg: str | None = None):
   if args.runlocal:
     default.runlocal(config, "TinyGrazAE", split={"test": 16, "train": 64, "val": 16},
                      batch_size=16, eval_batch_size=16)
+    config.model.bottleneck = 16  # the tiny model's
   return config

@@ -116,8 +116,9 @@ TABLES: dict[str, list[Row]] = {
     "S1": [Row(d.replace("+", "_"), label, f"configs/faces64_dense_ae.py:distortion={d}",
                {"mse": mse}) for d, (label, mse) in S1_DISTORTIONS.items()],
     "S1_bottleneck": [
-        Row(f"bottleneck_{n}", f"bottleneck {n}", "configs/faces64_dense_ae.py:distortion=none",
-            {"val_mse": 0.0058} if n == 1000 else {}, (f"--config.model.bottleneck={n}",))
+        Row(f"bottleneck_{n}", f"bottleneck {n}",
+            f"configs/faces64_dense_ae.py:distortion=none,bottleneck={n}",
+            {"val_mse": 0.0058} if n == 1000 else {})
         for n in S1_BOTTLENECKS],
     "S2": [Row(m, m, f"configs/faces100_dual_ae.py:model={m}", {"params": p, "noise": noise})
            for m, (p, noise) in S2_MODELS.items()],
