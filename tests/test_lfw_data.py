@@ -117,7 +117,7 @@ def test_missing_dataset_names_file_and_place(tmp_path):
 
 
 def _write_carry(path, meta, members):
-  with tarfile.open(path, "w") as tar:
+  with tarfile.open(path, "w:gz" if path.suffix == ".gz" else "w") as tar:
     for name, blob in [(lfw.CARRY_META, json.dumps(meta).encode()), *members]:
       info = tarfile.TarInfo(name)
       info.size = len(blob)

@@ -6,8 +6,9 @@ Sources, tried in this order under ``config.data.dir``:
      ``lfw.tgz``);
   3. a compact carry form, small enough to send to a GPU machine (made by
      ``scripts/make_lfw_carry.py``): for a preset below,
-     ``lfw-deepfunneled.<preset>.tar`` (its preprocessed images as quality-95
-     JPEGs; the script prints how far they are from the exact ones), else
+     ``lfw-deepfunneled.<preset>.tar.gz`` (its preprocessed images as
+     quality-95 JPEGs; the script prints how far they are from the exact
+     ones), else
      ``lfw-deepfunneled.crop.tar`` (lossless JPEG crops of the region that
      seed 000's preprocessing reads; a setting that reads outside it is
      refused);
@@ -100,7 +101,7 @@ def preset_of(mode: str, resize: int, crop: int) -> str | None:
 
 def preset_carry_name(variant: str, preset: str) -> str:
   """File name of the carry form that holds ``preset``'s preprocessed images."""
-  return f"{VARIANTS[variant].folder}.{preset}.tar"
+  return f"{VARIANTS[variant].folder}.{preset}.tar.gz"
 NUM_IMAGES = 13233
 
 
