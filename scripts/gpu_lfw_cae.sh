@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Seed 000's CAE on LFW, 15 epochs, on one GPU of the device machine.
 #
-# Needs the carried data (.carry/data/lfw-deepfunneled.crop.tar, made by
+# Needs the carried data (.carry/data/lfw-deepfunneled.crop.tar.gz, made by
 # scripts/make_lfw_carry.py) and wheels of the packages that machine lacks
 # (.whl/: dm-pix, ml-collections, tensorboardX). Writes the run's results,
 # curves, samples and log under $OUT. Times, in order: building the data cache

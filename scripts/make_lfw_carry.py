@@ -4,7 +4,7 @@ The GPU machines accept at most 64 MiB of files per call and the LFW archive
 is 109 MB. Two forms, each a plain tar of JPEGs with a ``CROP.json`` that tells
 the LFW reader where the images sit in the original 250x250 frame:
 
-* the crop form (default, ``lfw-deepfunneled.crop.tar``, 52 MiB), for seed
+* the crop form (default, ``lfw-deepfunneled.crop.tar.gz``, 39.4 MiB), for seed
   000's pipeline (resize 250 -> 224, center crop 112), which only reads the
   source pixels around the central 125x125 region. For every image it keeps the
   144x144 region at offset (48, 48) as a *lossless* JPEG crop (``jpegtran

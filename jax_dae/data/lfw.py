@@ -9,7 +9,7 @@ Sources, tried in this order under ``config.data.dir``:
      ``lfw-deepfunneled.<preset>.tar.gz`` (its preprocessed images as
      quality-95 JPEGs; the script prints how far they are from the exact
      ones), else
-     ``lfw-deepfunneled.crop.tar`` (lossless JPEG crops of the region that
+     ``lfw-deepfunneled.crop.tar.gz`` (lossless JPEG crops of the region that
      seed 000's preprocessing reads; a setting that reads outside it is
      refused);
   4. a download (the public mirrors scikit-learn uses), when allowed;
@@ -89,7 +89,7 @@ PRESETS = {
     # Seed 001 (Graz AE): 64x64 RGB images instead of AFHQ cats and dogs.
     "rgb64": {"mode": "RGB", "resize": 64, "crop": 64},
 }
-CARRY_SUFFIX = ".crop.tar"
+CARRY_SUFFIX = ".crop.tar.gz"
 CARRY_META = "CROP.json"
 
 
