@@ -130,21 +130,25 @@ def make_perceptual(*, layers: Sequence[str] = DEFAULT_LAYERS,
   params = jax.tree.map(jnp.asarray, vgg.vgg_params(weights, layers))
   network = vgg.VGG16Features(layers=layers, dtype=dtype, precision=precision)
 
-  def perceptual(reconstruction: jax.Array, clean: jax.Array):
-    x = jnp.concatenate([reconstruction, jax.lax.stop_gradient(clean)]).astype(jnp.float32)
-    x = _as_rgb(x)
+  def features_of(images: jax.Array) -> dict[str, jax.Array]:
+    x = _as_rgb(images.astype(jnp.float32))
     if upsample != 1:
       b, h, w, c = x.shape
       size = (b, round(h * upsample), round(w * upsample), c)
       x = jax.image.resize(x, size, method="bilinear", antialias=False)
-    features = network.apply({"params": params}, x)
-    n = reconstruction.shape[0]
+    return network.apply({"params": params}, x)
+
+  def perceptual(reconstruction: jax.Array, clean: jax.Array):
+    # Two VGG passes rather than one over the concatenated pair: the backward
+    # pass then runs over the reconstructions only, not over the targets too.
+    ours = features_of(reconstruction)
+    target = jax.lax.stop_gradient(features_of(clean))
     terms = {}
     total = jnp.zeros((), jnp.float32)
     for layer, weight in zip(layers, layer_weights, strict=True):
-      f = features[layer].astype(jnp.float32)
+      f, g = ours[layer].astype(jnp.float32), target[layer].astype(jnp.float32)
       # Mean over batch, H, W and C = per-image ||.||^2 / (C H W), batch-averaged.
-      term = jnp.mean(jnp.square(f[:n] - jax.lax.stop_gradient(f[n:])))
+      term = jnp.mean(jnp.square(f - g))
       terms[f"perceptual_{layer}"] = term
       total = total + weight * term
     return total, terms
