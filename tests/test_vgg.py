@@ -1,11 +1,13 @@
 """VGG16 port: numerics against PyTorch, pretrained weights, safe loading, cache/export."""
 
+import functools
 import io
 import os
 import pickle
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -223,3 +225,15 @@ def test_checkpoint_bytes_roundtrip_through_buffer():
 
   buf = io.BytesIO(pickle.dumps(OrderedDict(a=np.ones(2, np.float32)), protocol=3))
   assert vgg._NumpyOnlyUnpickler(buf).load()["a"].tolist() == [1.0, 1.0]
+
+
+def test_max_pool_2x2_equals_flax_max_pool_values_and_gradients():
+  import flax.linen as nn
+
+  x = jax.random.normal(jax.random.key(0), (2, 7, 10, 3))  # odd height: the last row is dropped
+  reference = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+  np.testing.assert_array_equal(vgg.max_pool_2x2(x), reference(x))
+  weights = jax.random.normal(jax.random.key(1), (2, 3, 5, 3))
+  grads = [jax.grad(lambda v, f=f: jnp.sum(f(v) * weights))(x)
+           for f in (vgg.max_pool_2x2, reference)]
+  np.testing.assert_array_equal(grads[0], grads[1])

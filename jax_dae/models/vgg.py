@@ -98,6 +98,21 @@ def convs_needed(layers: Sequence[str]) -> tuple[str, ...]:
   return CONV_NAMES[: sum(n for _, n in _BLOCKS[: deepest + 1])]
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling with stride 2 (VALID), written as a reshape and a max.
+
+  The same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``; its gradient
+  is an elementwise mask that XLA fuses, where the gradient of a pooling window
+  is a select-and-scatter, one of the slowest kernels of the perceptual step on
+  an H100 (benchmarks/profile_perceptual_b64_bf16.json). Exact ties share the
+  gradient instead of giving it to the first maximum; after a ReLU they only
+  occur at 0, where the ReLU passes no gradient anyway.
+  """
+  b, h, w, c = x.shape
+  x = x[:, : h - h % 2, : w - w % 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class VGG16Features(nn.Module):
   """VGG16 convolutional trunk returning ``{tap: [B, h, w, C]}``.
 
@@ -126,7 +141,7 @@ class VGG16Features(nn.Module):
     features = {}
     for b, (width, num_convs) in enumerate(_BLOCKS[: deepest + 1]):
       if b:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        x = max_pool_2x2(x)
       for i in range(num_convs):
         x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                     precision=self.precision, name=f"conv{b + 1}_{i + 1}")(x)
