@@ -12,10 +12,8 @@ from jax_dae import writers
 
 
 def _atomic_save(image: Image.Image, path: Path) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  image.save(tmp, format="PNG")
-  os.replace(tmp, path)
+  with writers.atomic_file(path, "wb") as f:
+    image.save(f, format="PNG")
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

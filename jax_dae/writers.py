@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from absl import logging
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes JSON atomically: readers see the old file or the new one, never a torn one."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+  """A temporary file beside ``path`` that replaces it when the block ends without error.
+
+  Readers see the old file or the new one, never a torn one.
+  """
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    with os.fdopen(fd, mode) as f:
+      yield f
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -29,18 +34,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     raise
 
 
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes JSON atomically."""
+  with atomic_file(path) as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+
+
 def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
   """Writes an ``.npz`` of ``arrays`` atomically."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+  with atomic_file(path, "wb") as f:
+    np.savez(f, **arrays)
 
 
 class MetricWriter:

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_dae import writers
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -263,16 +265,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{table}/{row.name}: {e}", flush=True)
         failed += 1
         continue
-      _write_json(path, report)
-    _write_json(path, report)
+      writers.write_json(path, report)
+    writers.write_json(path, report)
     samples_figure(table, entries, out / f"{table}_samples.png")
   return 1 if failed else 0
-
-
-def _write_json(path: Path, obj) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-  tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------

@@ -42,7 +42,6 @@ import importlib.metadata
 import importlib.util
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,6 +51,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jax_dae import writers
 
 # Taps in network order; block b (0-based) ends at LAYERS[b].
 LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
@@ -287,18 +288,6 @@ def convert_checkpoint(tree: Mapping) -> dict[str, np.ndarray]:
   return flat
 
 
-def _write_npz_atomically(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-
-
 def _file_sha256(path: Path) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as f:
@@ -342,7 +331,7 @@ def _load_cached(path: str | None, cache_dir: str | None) -> dict[str, np.ndarra
   ckpt = package_checkpoint_path()
   arrays = convert_checkpoint(read_checkpoint(ckpt))
   source = f"{_PACKAGE}=={_PACKAGE_VERSION}:{_CKPT_IN_PACKAGE} sha256={_file_sha256(ckpt)}"
-  _write_npz_atomically(cached, {**arrays, "format": np.array(_FORMAT), "source": np.array(source)})
+  writers.save_npz(cached, **arrays, format=np.array(_FORMAT), source=np.array(source))
   return arrays
 
 
@@ -422,8 +411,8 @@ def export_weights(out: str | os.PathLike, *, upto: str = LAYERS[-1], heads: boo
   if missing:
     raise ValueError(f"The source weights lack {sorted(missing)}.")
   out = Path(out)
-  _write_npz_atomically(out, {**arrays, "format": np.array(_FORMAT),
-                              "source": np.array(f"exported upto={upto} heads={heads}")})
+  writers.save_npz(out, **arrays, format=np.array(_FORMAT),
+                   source=np.array(f"exported upto={upto} heads={heads}"))
   return out
 
 
