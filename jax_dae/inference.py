@@ -197,6 +197,11 @@ class Denoiser:
     self.multiple = self._find_multiple()
 
   @property
+  def variables(self) -> Mapping[str, Any]:
+    """The model's variables (``params`` and ``batch_stats``)."""
+    return self._variables
+
+  @property
   def mode(self) -> str:
     """PIL mode of the model's images: "L" (1 channel) or "RGB" (3)."""
     return "L" if self.channels == 1 else "RGB"

@@ -508,6 +508,12 @@ class _HostEvaluator:
     return {k: float(v) / num for k, v in distributed.to_host(sums).items()}
 
 
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """A run's keys: (init, data order, training corruption, evaluation corruption)."""
+  init_key, data_key, step_key, eval_key = jax.random.split(jax.random.key(seed), 4)
+  return init_key, data_key, step_key, eval_key
+
+
 def _test_by_epoch(metrics_path: Path) -> dict[str, dict[str, float]]:
   """``{epoch: test metrics}`` of the epochs in config.train.test_epochs (last run wins)."""
   rows = writers.read_jsonl(metrics_path) if metrics_path.exists() else []
@@ -565,8 +571,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       for name, spec in config.test_corruptions.items()}
   loss_fn = losses.create(config.loss)
 
-  root = jax.random.key(config.seed)
-  init_key, data_key, step_key, eval_key = jax.random.split(root, 4)
+  init_key, data_key, step_key, eval_key = run_keys(config.seed)
   state = jax.jit(
       functools.partial(init_state, model, tx, image_shape), out_shardings=replicated
   )(init_key)

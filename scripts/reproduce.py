@@ -9,6 +9,13 @@ Two steps, so that the runs can happen on a GPU machine and the report here:
   # <TABLE>_samples.png (the first test faces through every model) to --out.
   python scripts/reproduce.py run S0 --data_dir=.carry/data --out=docs/runs
 
+  # LPIPS needs VGG16 to relu5_3 (59 MB), too big to travel with the data, so
+  # it is computed where the weights are: `run --export_dir=$OUT` also writes
+  # each row's final variables (<TABLE>_<row>.npz); then, here,
+  python scripts/reproduce.py lpips S0 --params_dir=DIR --data_dir=../shared/data
+  # adds test LPIPS (model and corrupted input) to docs/runs/S0.json, and the
+  # PSNR recomputed from those variables as a check against the GPU's.
+
   # Write docs/results.md and its figures from docs/runs/<TABLE>.json.
   python scripts/reproduce.py report
 
@@ -239,6 +246,81 @@ def samples_figure(table: str, entries: list[tuple[str, Path]], path: Path) -> N
   plt.close(fig)
 
 
+def export_variables(workdir: Path, path: Path) -> None:
+  """Writes the run's final variables (no optimizer state) as a flat ``.npz``."""
+  import jax
+
+  from jax_dae import inference
+
+  variables = inference.load(workdir, checkpoint="latest").variables
+  flat = {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(v)
+          for p, v in jax.tree_util.tree_leaves_with_path(variables)}
+  writers.save_npz(path, **flat)
+
+
+def _unflatten(flat) -> dict:
+  tree = {}
+  for key in flat.files:
+    *parents, leaf = key.split("/")
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = flat[key]
+  return tree
+
+
+def lpips_on_test_split(config, variables, *, batch_size: int = 64,
+                        weights=None) -> dict[str, float]:
+  """Mean LPIPS of the model and of the corrupted input over the test split.
+
+  The test images are corrupted exactly as ``train_and_evaluate`` corrupts
+  them (same keys per image), so the PSNR returned beside must equal the run's.
+  """
+  import jax
+
+  from jax_dae import corruptions, data, metrics, train
+
+  test = np.asarray(data.load(config.data)["test"])
+  model = train.create_model(config, out_channels=test.shape[-1])
+  corrupt = corruptions.parse(config.corruption, test.shape[1:])
+  eval_key = train.run_keys(config.seed)[3]
+
+  @jax.jit
+  def sums(images, indices):
+    clean = train.to_float(images)
+    noisy = corrupt(corruptions.example_keys(eval_key, indices), clean)
+    out = model.apply(variables, noisy, train=False)
+    return {"lpips": metrics.lpips(out, clean, weights=weights).sum(),
+            "input_lpips": metrics.lpips(noisy, clean, weights=weights).sum(),
+            "psnr": metrics.psnr(out, clean).sum()}
+
+  total = {}
+  for start in range(0, len(test), batch_size):
+    indices = np.arange(start, min(start + batch_size, len(test)))
+    for k, v in sums(test[indices], indices).items():
+      total[k] = total.get(k, 0.0) + float(v)
+  return {k: v / len(test) for k, v in total.items()}
+
+
+def add_lpips(args: argparse.Namespace) -> int:
+  import ml_collections
+
+  path = Path(args.runs) / f"{args.table}.json"
+  report = json.loads(path.read_text())
+  for name, entry in report["rows"].items():
+    npz = Path(args.params_dir) / f"{args.table}_{name}.npz"
+    if not npz.exists():
+      continue
+    config = ml_collections.ConfigDict(entry["results"]["config"])
+    config.data.dir = args.data_dir
+    with np.load(npz) as flat:
+      variables = _unflatten(flat)
+    entry["lpips"] = lpips_on_test_split(config, variables, batch_size=args.batch_size)
+    print(f"{args.table}/{name}: {entry['lpips']}", flush=True)
+    writers.write_json(path, report)
+  return 0
+
+
 def run(args: argparse.Namespace) -> int:
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -266,6 +348,8 @@ def run(args: argparse.Namespace) -> int:
         failed += 1
         continue
       writers.write_json(path, report)
+      if args.export_dir:
+        export_variables(workdir, Path(args.export_dir) / f"{table}_{row.name}.npz")
     writers.write_json(path, report)
     samples_figure(table, entries, out / f"{table}_samples.png")
   return 1 if failed else 0
@@ -322,16 +406,22 @@ def report_s0(runs: Path, images: Path) -> str:
   out = ["## S0 (seed 000): CAEs on LFW, 15 epochs, batch 8", "", _header(data), "",
          _commands(rows, ".carry/data", "S0"), "",
          "Test split (3708 faces), PSNR (dB) / SSIM after the last epoch (the seed's protocol),"
-         " and at the checkpoint with the best validation PSNR.", "",
-         "| row | seed 000 | jax_dae | difference (PSNR) | jax_dae, best-val checkpoint |",
-         "|---|---|---|---|---|"]
+         " and at the checkpoint with the best validation PSNR; LPIPS (VGG, lower is better) of"
+         " the last epoch's model where computed (`reproduce.py lpips`).", "",
+         "| row | seed 000 | jax_dae | difference (PSNR) | jax_dae, best-val checkpoint | "
+         "LPIPS |", "|---|---|---|---|---|---|"]
+
+  def lpips(entry, key):
+    value = (entry or {}).get("lpips", {}).get(key)
+    return "–" if value is None else f"{value:.3f}"
 
   def add_input(label, row_name):
     entry = got.get(row_name)
     seed = next(r for r in rows if r.name == row_name).seed
     ours = entry["results"]["test_input"] if entry else None
     out.append(f"| {label} | {_seed_ps(seed.get('input_psnr'), seed.get('input_ssim'))} | "
-               f"{_ps(ours)} | {_diff(ours and ours['psnr'], seed.get('input_psnr'))} | |")
+               f"{_ps(ours)} | {_diff(ours and ours['psnr'], seed.get('input_psnr'))} | | "
+               f"{lpips(entry, 'input_lpips')} |")
 
   add_input("blurred input (`gaussian_blur(kernel=9,sigma=4)`)", "cae")
   for row in rows:
@@ -343,7 +433,7 @@ def report_s0(runs: Path, images: Path) -> str:
     out.append(f"| {row.label} | {_seed_ps(seed.get('psnr'), seed.get('ssim'))} | "
                f"{_ps(res.get('test'))} | "
                f"{_diff(res.get('test', {}).get('psnr'), seed.get('psnr'))} | "
-               f"{_ps(res.get('test_at_best_val'))} |")
+               f"{_ps(res.get('test_at_best_val'))} | {lpips(entry, 'lpips')} |")
 
   out += ["", "Per epoch, test split PSNR / SSIM (seed 000's \"improved convergence speed\" "
           "table; its test-set column):", "",
@@ -556,6 +646,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="start no row after this many seconds (0: no limit)")
   r.add_argument("--flag", action="append", default=[],
                  help="extra flag for every run, e.g. --flag=--compilation_cache=/tmp/xla")
+  r.add_argument("--export_dir", default="",
+                 help="also write each row's final variables here (<TABLE>_<row>.npz)")
+  lp = sub.add_parser("lpips", help="add test LPIPS to runs/<TABLE>.json from exported variables")
+  lp.add_argument("table", choices=sorted(TABLES))
+  lp.add_argument("--params_dir", required=True)
+  lp.add_argument("--data_dir", default="../shared/data")
+  lp.add_argument("--runs", default="docs/runs")
+  lp.add_argument("--batch_size", type=int, default=64)
   p = sub.add_parser("report", help="write docs/results.md from docs/runs")
   p.add_argument("--runs", default="docs/runs")
   p.add_argument("--images", default="docs/images")
@@ -567,7 +665,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  return run(args) if args.command == "run" else report(args)
+  return {"run": run, "lpips": add_lpips, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
