@@ -32,6 +32,7 @@ with some background, is close to IMDB-WIKI's face crops with margin.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import json
 import os
@@ -110,24 +111,42 @@ def _is_image(name: str) -> bool:
 
 
 class _Source:
-  """Reads ``(member name, bytes)`` pairs and how the bytes sit in the original."""
+  """Reads ``(member name, bytes)`` pairs and how the bytes sit in the original.
+
+  The listing (and a carry form's placement) is read on first use only: a run
+  served from the cache needs just the fingerprint, not a pass over an archive.
+  """
 
   def __init__(self, path: Path):
     self.path = path
-    self.origin = (0, 0)
-    self.full_size = None
-    if path.is_dir():
-      self.names = sorted(
-          str(p.relative_to(path.parent)) for p in path.rglob("*") if _is_image(p.name)
-      )
-    else:
-      with tarfile.open(path) as tar:
-        members = tar.getnames()
-        if CARRY_META in members:
-          meta = json.load(tar.extractfile(CARRY_META))
-          self.origin = tuple(meta["origin"])
-          self.full_size = tuple(meta["full_size"])
-      self.names = sorted(n for n in members if _is_image(n))
+
+  @functools.cached_property
+  def _index(self) -> tuple[list[str], tuple[int, int], tuple[int, int] | None]:
+    if self.path.is_dir():
+      names = (str(p.relative_to(self.path.parent)) for p in self.path.rglob("*")
+               if _is_image(p.name))
+      return sorted(names), (0, 0), None
+    origin, full_size = (0, 0), None
+    with tarfile.open(self.path) as tar:
+      members = tar.getnames()
+      if CARRY_META in members:
+        meta = json.load(tar.extractfile(CARRY_META))
+        origin, full_size = tuple(meta["origin"]), tuple(meta["full_size"])
+    return sorted(n for n in members if _is_image(n)), origin, full_size
+
+  @property
+  def names(self) -> list[str]:
+    return self._index[0]
+
+  @property
+  def origin(self) -> tuple[int, int]:
+    """Where the images sit in the original frame (a carry form's crop)."""
+    return self._index[1]
+
+  @property
+  def full_size(self) -> tuple[int, int] | None:
+    """The original frame's size when the images are a part of it, else ``None``."""
+    return self._index[2]
 
   def fingerprint(self) -> str:
     if self.path.is_dir():
@@ -263,9 +282,8 @@ def load(config) -> dict[str, np.ndarray]:
   source = _Source(
       find_source(config.dir, config.variant, allow_download=config.download, preset=preset)
   )
-  names, fingerprint = source.names, source.fingerprint()
   params = {
-      "source": fingerprint,
+      "source": source.fingerprint(),
       "variant": config.variant,
       "resize": config.resize,
       "crop": config.crop,
@@ -276,6 +294,7 @@ def load(config) -> dict[str, np.ndarray]:
     params["mode"] = mode
 
   def build() -> dict[str, np.ndarray]:
+    names = source.names
     counts = {s: splits.count(n, len(names), split=s) for s, n in sizes.items()}
     indices = splits.split_indices(len(names), counts, config.split_seed)
     wanted = sorted({names[i] for idx in indices.values() for i in idx})
