@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -21,26 +22,47 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def save_sample_grid(path: str | os.PathLike, corrupted: np.ndarray, reconstructed: np.ndarray,
-                     clean: np.ndarray, pad: int = 2) -> None:
-  """Writes a PNG with one column per example and rows corrupted | reconstructed | clean."""
-  rows = [to_uint8(x) for x in (corrupted, reconstructed, clean)]
+def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
+  """Tiles rows of ``[N, H, W, C]`` uint8 images into one white-padded ``[h, w, C]`` image."""
   n, h, w, c = rows[0].shape
-  grid = np.full((3 * (h + pad) + pad, n * (w + pad) + pad, c), 255, np.uint8)
+  grid = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, c), 255, np.uint8)
   for r, images in enumerate(rows):
     for i, image in enumerate(images):
       y, x = pad + r * (h + pad), pad + i * (w + pad)
       grid[y:y + h, x:x + w] = image
-  _atomic_save(Image.fromarray(grid[..., 0] if c == 1 else grid), Path(path))
+  return grid
 
 
-def save_curves(metrics_path: str | os.PathLike, path: str | os.PathLike) -> None:
-  """Plots the training loss and validation PSNR/SSIM from metrics.jsonl."""
+def save_sample_grid(path: str | os.PathLike, corrupted: np.ndarray, reconstructed: np.ndarray,
+                     clean: np.ndarray, pad: int = 2) -> None:
+  """Writes a PNG with one column per example and rows corrupted | reconstructed | clean."""
+  grid = image_grid([to_uint8(x) for x in (corrupted, reconstructed, clean)], pad)
+  _atomic_save(Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid), Path(path))
+
+
+@contextlib.contextmanager
+def figure(path: str | os.PathLike, *, ncols: int = 1, figsize=(5, 3.2), dpi: int = 110):
+  """Yields ``(fig, axes)`` of a new Matplotlib figure, then writes it to ``path`` atomically.
+
+  ``axes`` is one ``Axes`` for ``ncols=1``, else an array of them.
+  """
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  fig, axes = plt.subplots(1, ncols, figsize=figsize, dpi=dpi)
+  try:
+    yield fig, axes
+    fig.tight_layout()
+    with writers.atomic_file(path, "wb") as f:
+      fig.savefig(f, format="png")
+  finally:
+    plt.close(fig)
+
+
+def save_curves(metrics_path: str | os.PathLike, path: str | os.PathLike) -> None:
+  """Plots the training loss and validation PSNR/SSIM from metrics.jsonl."""
   # A resumed run rewrites the steps after its checkpoint: keep each step's last row.
   latest: dict[tuple[int, bool], dict] = {}
   for r in writers.read_jsonl(metrics_path):
@@ -49,25 +71,19 @@ def save_curves(metrics_path: str | os.PathLike, path: str | os.PathLike) -> Non
   train = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
   val = [(r["step"], r["val/psnr"], r["val/ssim"], r["val/input_psnr"]) for r in rows
          if "val/psnr" in r]
-  fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-  if train:
-    s, v = zip(*train, strict=True)
-    axes[0].plot(s, v, lw=0.8)
-    axes[0].set_yscale("log")
-  axes[0].set(title="training loss", xlabel="step")
-  if val:
-    s, p, q, ip = zip(*val, strict=True)
-    axes[1].plot(s, p, "o-", label="model")
-    axes[1].plot(s, ip, "--", color="gray", label="corrupted input")
-    axes[1].legend()
-    axes[2].plot(s, q, "o-")
-  axes[1].set(title="validation PSNR (dB)", xlabel="step")
-  axes[2].set(title="validation SSIM", xlabel="step")
-  for ax in axes:
-    ax.grid(alpha=0.3)
-  fig.tight_layout()
-  path = Path(path)
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  with figure(path, ncols=3, figsize=(14, 3.8)) as (_, axes):
+    if train:
+      s, v = zip(*train, strict=True)
+      axes[0].plot(s, v, lw=0.8)
+      axes[0].set_yscale("log")
+    axes[0].set(title="training loss", xlabel="step")
+    if val:
+      s, p, q, ip = zip(*val, strict=True)
+      axes[1].plot(s, p, "o-", label="model")
+      axes[1].plot(s, ip, "--", color="gray", label="corrupted input")
+      axes[1].legend()
+      axes[2].plot(s, q, "o-")
+    axes[1].set(title="validation PSNR (dB)", xlabel="step")
+    axes[2].set(title="validation SSIM", xlabel="step")
+    for ax in axes:
+      ax.grid(alpha=0.3)

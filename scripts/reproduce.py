@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_dae import writers
+from jax_dae import plots, writers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,20 +159,10 @@ def _versions() -> dict[str, str]:
   return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-  rows = []
-  for line in path.read_text().splitlines() if path.exists() else []:
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue
-  return rows
-
-
 def _val_curve(metrics_path: Path) -> list[dict]:
   """Per-epoch validation metrics and training loss (last line per epoch)."""
   by_epoch = {}
-  for row in _read_jsonl(metrics_path):
+  for row in writers.read_jsonl(metrics_path) if metrics_path.exists() else []:
     if "epoch" in row:
       by_epoch[int(row["epoch"])] = {k: v for k, v in row.items() if k != "step"}
   return [by_epoch[e] for e in sorted(by_epoch)]
@@ -206,11 +196,6 @@ def run_row(row: Row, workdir: Path, args: argparse.Namespace) -> dict:
 
 def samples_figure(table: str, entries: list[tuple[str, Path]], path: Path) -> None:
   """One picture: the same first test faces, clean, corrupted and through each model."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   lines, labels, seen = [], [], set()
   for label, workdir in entries:
     npz = workdir / "test_samples.npz"
@@ -229,21 +214,15 @@ def samples_figure(table: str, entries: list[tuple[str, Path]], path: Path) -> N
     labels.append(label)
   if not lines:
     return
-  n, h, w, c = lines[0].shape
+  n, h, _, c = lines[0].shape
   pad = 2
-  grid = np.full((len(lines) * (h + pad), n * (w + pad), 3), 255, np.uint8)
-  for r, images in enumerate(lines):
-    for i, image in enumerate(images):
-      grid[r * (h + pad):r * (h + pad) + h, i * (w + pad):i * (w + pad) + w] = (
-          np.repeat(image, 3, -1) if c == 1 else image)
-  fig, ax = plt.subplots(figsize=(1.1 * n + 2.5, 1.1 * len(lines)), dpi=100)
-  ax.imshow(grid, interpolation="nearest")
-  ax.set_yticks([r * (h + pad) + h / 2 for r in range(len(lines))], labels, fontsize=8)
-  ax.set_xticks([])
-  ax.set_title(f"{table}: the first {n} test images", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  grid = plots.image_grid(lines, pad)
+  with plots.figure(path, figsize=(1.1 * n + 2.5, 1.1 * len(lines)), dpi=100) as (_, ax):
+    ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray", vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(len(lines))], labels, fontsize=8)
+    ax.set_xticks([])
+    ax.set_title(f"{table}: the first {n} test images", fontsize=9)
 
 
 def export_variables(workdir: Path, path: Path) -> None:
@@ -492,22 +471,14 @@ def report_s1(runs: Path, images: Path) -> str:
 
 
 def _plot_sweep(points, path: Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
-  ax.plot(*zip(*points, strict=True), "o-", label="jax_dae (LFW 64×64)")
-  ax.plot([1000], [0.0058], "r*", ms=12, label="seed 001 at 1000 (AFHQ)")
-  ax.set_xscale("log")
-  ax.set_xlabel("bottleneck units")
-  ax.set_ylabel("best validation MSE")
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  with plots.figure(path) as (_, ax):
+    ax.plot(*zip(*points, strict=True), "o-", label="jax_dae (LFW 64×64)")
+    ax.plot([1000], [0.0058], "r*", ms=12, label="seed 001 at 1000 (AFHQ)")
+    ax.set_xscale("log")
+    ax.set_xlabel("bottleneck units")
+    ax.set_ylabel("best validation MSE")
+    ax.legend()
+    ax.grid(alpha=0.3)
 
 
 def report_s2(runs: Path, images: Path) -> str:
@@ -576,22 +547,15 @@ def report_s3(runs: Path, images: Path) -> str:
 
 
 def _plot_s3(loss: dict, path: Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=110)
   width = 0.25
-  for i, n in enumerate(S3_LATENTS):
-    xs = [j + (i - 1) * width for j, d in enumerate(S3_DEPTHS) if (d, n) in loss]
-    ax.bar(xs, [loss[d, n] for d in S3_DEPTHS if (d, n) in loss], width, label=f"latent 4×{n}×{n}")
-  ax.set_xticks(range(len(S3_DEPTHS)), [f"depth {d}" for d in S3_DEPTHS])
-  ax.set_ylabel("test MSE")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  with plots.figure(path, figsize=(5.5, 3.2)) as (_, ax):
+    for i, n in enumerate(S3_LATENTS):
+      xs = [j + (i - 1) * width for j, d in enumerate(S3_DEPTHS) if (d, n) in loss]
+      ax.bar(xs, [loss[d, n] for d in S3_DEPTHS if (d, n) in loss], width,
+             label=f"latent 4×{n}×{n}")
+    ax.set_xticks(range(len(S3_DEPTHS)), [f"depth {d}" for d in S3_DEPTHS])
+    ax.set_ylabel("test MSE")
+    ax.legend(fontsize=8)
 
 
 INTRO = """\
