@@ -582,11 +582,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if start_step:
     logging.info("Resumed from step %d.", start_step)
 
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info(
       "%s: %d parameters; %d devices; %d steps/epoch, %d steps per compiled call.",
-      config.model.name,
-      sum(x.size for x in jax.tree.leaves(state.params)),
-      num_devices, steps_per_epoch, steps_per_call,
+      config.model.name, num_params, num_devices, steps_per_epoch, steps_per_call,
   )
 
   train_step = make_train_step(loss_fn=loss_fn, corrupt=corrupt)
@@ -713,7 +712,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "config": config.to_dict(),
       "step": int(state.step),
       "epochs": int(state.step) // steps_per_epoch,
-      "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
+      "num_params": num_params,
       "test": model_only(test),
       "test_input": input_only(test),
       "best_val_step": int(best_state.step),
