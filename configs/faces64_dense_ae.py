@@ -48,13 +48,15 @@ def corruption(distortion: str) -> str:
 
 def get_config(arg: str | None = None):
   """``arg``: comma-separated ``distortion=<name>``, ``bottleneck=<units>``, ``runlocal``."""
-  args = default.parse_arg(arg, distortion="all", bottleneck=1000, runlocal=False)
+  # bottleneck=0 keeps the model's own (1000 for GrazAE, 4096 for GrazAE_net1..3).
+  args = default.parse_arg(arg, distortion="all", bottleneck=0, runlocal=False)
   config = default.get_config()
   config.data.resize = config.data.crop = 64  # whole frame, no crop
   config.data.split = {"test": 0.2, "train": 0.64, "val": 0.16}
   config.corruption = corruption(args.distortion)
   config.model.name = "GrazAE"
-  config.model.bottleneck = args.bottleneck
+  if args.bottleneck:
+    config.model.bottleneck = args.bottleneck
   config.optimizer.learning_rate = 1e-3
   config.optimizer.weight_decay = 0.0
   config.train.batch_size = 32
@@ -64,5 +66,4 @@ def get_config(arg: str | None = None):
   if args.runlocal:
     default.runlocal(config, "TinyGrazAE", split={"test": 16, "train": 64, "val": 16},
                      batch_size=16, eval_batch_size=16)
-    config.model.bottleneck = 16  # the tiny model's
   return config

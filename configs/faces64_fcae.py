@@ -16,8 +16,9 @@ from configs import faces64_dense_ae
 
 def get_config(arg: str | None = None):
   config = faces64_dense_ae.get_config(arg)
-  runlocal = "runlocal" in (arg or "")
-  config.model.name = "TinyGrazFCAE" if runlocal else "GrazFCAE"
+  if "bottleneck" in config.model:
+    raise ValueError("faces64_fcae has no dense bottleneck: drop bottleneck= from the argument.")
+  config.model.name = "TinyGrazFCAE" if config.model.name == "TinyGrazAE" else "GrazFCAE"
   config.optimizer.decay_rate = 0.9
   # One epoch of the default split (13,233 x 0.64 / 32 steps).
   config.optimizer.decay_steps = 264

@@ -37,3 +37,20 @@ def test_unknown_config_argument_is_refused():
   for name in ("lfw_cae", "mnist_dae", "faces64_dense_ae", "faces100_dual_ae"):
     with pytest.raises(ValueError, match="Unknown config argument"):
       importlib.import_module(f"configs.{name}").get_config("bogus")
+
+
+def test_faces64_bottleneck_reaches_only_the_dense_models():
+  from configs import faces64_dense_ae, faces64_fcae
+
+  def bottleneck(config):
+    return train.create_model(config).bottleneck
+
+  assert bottleneck(faces64_dense_ae.get_config()) == 1000  # the seed's final model
+  assert bottleneck(faces64_dense_ae.get_config("bottleneck=128")) == 128
+  net2 = faces64_dense_ae.get_config()
+  net2.model.name = "GrazAE_net2"
+  assert bottleneck(net2) == 4096  # table 1's networks keep their own
+  assert bottleneck(faces64_fcae.get_config()) is None  # fully convolutional
+  assert bottleneck(faces64_fcae.get_config("runlocal")) is None
+  with pytest.raises(ValueError, match="no dense bottleneck"):
+    faces64_fcae.get_config("bottleneck=512")
