@@ -12,6 +12,7 @@ resumed run draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import time
@@ -477,9 +478,20 @@ class _DeviceEvaluator:
 
   def __init__(self, eval_step, images, key, *, replicated, batch_sharding, batch_size):
     self._key = key
+    self._num_examples, self._batch_size = len(images), batch_size
+    self._batch_sharding = batch_sharding
     self._images = distributed.replicate(pad_to_multiple(images, batch_size), replicated)
-    self._evaluate = make_evaluate(eval_step, num_examples=len(images), batch_size=batch_size,
-                                   batch_sharding=batch_sharding)
+    self._evaluate = self._compile(eval_step)
+
+  def _compile(self, eval_step):
+    return make_evaluate(eval_step, num_examples=self._num_examples, batch_size=self._batch_size,
+                         batch_sharding=self._batch_sharding)
+
+  def with_step(self, eval_step) -> _DeviceEvaluator:
+    """The same split and keys under another eval step, sharing the devices' copy."""
+    other = copy.copy(self)
+    other._evaluate = self._compile(eval_step)
+    return other
 
   def __call__(self, state) -> dict[str, float]:
     means = distributed.to_host(self._evaluate(state, self._images, self._key))
@@ -494,8 +506,18 @@ class _HostEvaluator:
     self._images = images
     self._sharding = batch_sharding
     self._batch_size = batch_size
-    self._sums = jax.jit(functools.partial(masked_metric_sums, eval_step),
-                         static_argnames="num_examples")
+    self._sums = self._compile(eval_step)
+
+  @staticmethod
+  def _compile(eval_step):
+    return jax.jit(functools.partial(masked_metric_sums, eval_step),
+                   static_argnames="num_examples")
+
+  def with_step(self, eval_step) -> _HostEvaluator:
+    """The same split and keys under another eval step."""
+    other = copy.copy(self)
+    other._sums = self._compile(eval_step)
+    return other
 
   def __call__(self, state) -> dict[str, float]:
     num, sums, start = len(self._images), None, 0
@@ -611,11 +633,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       for s in ("val", "test")
   }
   # The test split under each of config.test_corruptions, by name.
-  corruption_evaluators = {
-      name: evaluator(make_eval_step(corrupt=c), splits["test"], eval_key,
-                      batch_sharding=batch_sharding, batch_size=eval_batch)
-      for name, c in test_corruptions.items()
-  }
+  corruption_evaluators = {name: evaluators["test"].with_step(make_eval_step(corrupt=c))
+                           for name, c in test_corruptions.items()}
   logging.info("Training data placement: %s.", placement)
 
   # Compile ahead of time so compile time is measured apart from training.
@@ -625,12 +644,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("Compiled the train loop in %.1f s.", compile_s)
 
   writer = writers.MetricWriter(workdir, active=main_process)
-  sample_images = np.asarray(splits["val"][: config.train.num_samples])
-  sample_inputs = (
-      distributed.replicate(sample_images, replicated),
-      corruptions.example_keys(eval_key, jnp.arange(len(sample_images))),
-  )
   reconstruct = jax.jit(make_reconstruct(corrupt=corrupt))
+
+  def samples(state, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A split's first images: corrupted as the evaluation corrupts them, reconstructed, clean."""
+    clean = np.asarray(splits[split][: config.train.num_samples])
+    keys = corruptions.example_keys(eval_key, jnp.arange(len(clean)))
+    noisy, recon = distributed.to_host(
+        reconstruct(state, distributed.replicate(clean, replicated), keys))
+    return noisy, recon, clean
 
   def stop_early(epochs_done: int) -> bool:
     best_epoch = (ckpt.best_step() or 0) // steps_per_epoch
@@ -673,18 +695,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  epoch + 1, epoch_loss, val["psnr"], val["ssim"], val["input_psnr"],
                  val["input_ssim"])
     ckpt.save(step, state, metrics=val)
-    noisy, recon = distributed.to_host(reconstruct(state, *sample_inputs))
+    noisy, recon, clean = samples(state, "val")
     if main_process:
       plots.save_sample_grid(workdir / "samples" / f"epoch_{epoch + 1:03d}.png",
-                             noisy, recon, sample_images / 255.0)
+                             noisy, recon, clean / 255.0)
   ckpt.wait()
   feed.close()
 
   t = time.time()
   test = evaluators["test"](state)
   eval_s = time.time() - t
-  best_state = ckpt.restore_best(state)
-  test_best = evaluators["test"](best_state)
+  # The best checkpoint is often the final state: then its metrics are the same.
+  final_is_best = ckpt.best_step() == int(state.step)
+  best_state = state if final_is_best else ckpt.restore_best(state)
+  ckpt.close()
+
+  def at_best(evaluate, final_metrics):
+    return final_metrics if final_is_best else evaluate(best_state)
+
+  test_best = at_best(evaluators["test"], test)
 
   def model_only(m):
     return {k: v for k, v in m.items() if not k.startswith("input_")}
@@ -694,15 +723,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   by_corruption = {}
   for name, evaluate in corruption_evaluators.items():
-    metrics, metrics_best = evaluate(state), evaluate(best_state)
+    metrics = evaluate(state)
+    metrics_best = at_best(evaluate, metrics)
     by_corruption[name] = {"test": model_only(metrics), "test_input": input_only(metrics),
                            "test_at_best_val": model_only(metrics_best)}
 
   # The first test faces, as corrupted for the evaluation, through the final model.
-  test_faces = np.asarray(splits["test"][: config.train.num_samples])
-  noisy, recon = distributed.to_host(reconstruct(
-      state, distributed.replicate(test_faces, replicated),
-      corruptions.example_keys(eval_key, jnp.arange(len(test_faces)))))
+  noisy, recon, test_faces = samples(state, "test")
   if main_process and len(test_faces):
     plots.save_sample_grid(workdir / "samples" / "test.png", noisy, recon, test_faces / 255.0)
     writers.save_npz(workdir / "test_samples.npz", corrupted=plots.to_uint8(noisy),
