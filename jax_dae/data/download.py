@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -56,16 +55,3 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None,
     Path(tmp).unlink(missing_ok=True)
     raise
   return dest
-
-
-def copy_atomic(src: str | os.PathLike, dest: str | os.PathLike) -> None:
-  """Copies a file so that ``dest`` never exists half-written."""
-  dest = Path(dest)
-  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-  os.close(fd)
-  try:
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise

@@ -150,11 +150,7 @@ class _Source:
 
   def fingerprint(self) -> str:
     if self.path.is_dir():
-      h = hashlib.sha256()
-      for name in self.names:
-        st = (self.path.parent / name).stat()
-        h.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-      return "dir:" + h.hexdigest()
+      return "dir:" + cache.files_fingerprint(self.path.parent, self.names)
     return "file:" + download.sha256_file(self.path)
 
   def read(self, wanted: set[str]) -> Iterator[tuple[str, bytes]]:

@@ -85,15 +85,6 @@ def read_idx_images(path: str | Path) -> np.ndarray:
   return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(int(n), int(rows), int(cols))
 
 
-def _file_digests(path: Path) -> tuple[str, str]:
-  md5, sha = hashlib.md5(), hashlib.sha256()
-  with open(path, "rb") as f:
-    while block := f.read(1 << 20):
-      md5.update(block)
-      sha.update(block)
-  return md5.hexdigest(), sha.hexdigest()
-
-
 def find_files(data_dir: str | Path, *, allow_download: bool) -> dict[str, Path]:
   """Locates, checks (and if allowed downloads) the two image files.
 
@@ -128,8 +119,8 @@ def find_files(data_dir: str | Path, *, allow_download: bool) -> dict[str, Path]
           f"(md5 {spec.md5}), or set --config.data.dir to the folder whose mnist/ subfolder "
           f"holds it; it can be downloaded from {MIRRORS[0]}{spec.name}."
       )
-    md5, sha = _file_digests(path)
-    if sha != spec.sha256:
+    if download.sha256_file(path) != spec.sha256:
+      md5 = hashlib.md5(path.read_bytes()).hexdigest()
       raise ValueError(
           f"{path} is not the official MNIST file (md5 {md5}, expected {spec.md5}); replace it "
           f"with the official {spec.name} from {MIRRORS[0]}{spec.name}."

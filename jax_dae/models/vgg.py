@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -288,14 +287,6 @@ def convert_checkpoint(tree: Mapping) -> dict[str, np.ndarray]:
   return flat
 
 
-def _file_sha256(path: Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def default_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:
   """Cache location of the converted weights: ``<cache_dir>/weights/vgg16_lpips.npz``."""
   if cache_dir is None:
@@ -330,7 +321,9 @@ def _load_cached(path: str | None, cache_dir: str | None) -> dict[str, np.ndarra
     return _read_npz(cached)
   ckpt = package_checkpoint_path()
   arrays = convert_checkpoint(read_checkpoint(ckpt))
-  source = f"{_PACKAGE}=={_PACKAGE_VERSION}:{_CKPT_IN_PACKAGE} sha256={_file_sha256(ckpt)}"
+  from jax_dae.data.download import sha256_file  # Deferred, as default_weights_path's import.
+
+  source = f"{_PACKAGE}=={_PACKAGE_VERSION}:{_CKPT_IN_PACKAGE} sha256={sha256_file(ckpt)}"
   writers.save_npz(cached, **arrays, format=np.array(_FORMAT), source=np.array(source))
   return arrays
 
