@@ -37,7 +37,7 @@ from absl import app, flags, logging
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from jax_dae import inference
+from jax_dae import inference, plots
 from jax_dae.data import preprocess
 from jax_dae.data.folder import EXTENSIONS
 
@@ -243,13 +243,9 @@ def read_image(job: Job, mode: str) -> _Image:
   return _Image(job=job, pixels=pixels, alpha=alpha, source=source, gray=gray)
 
 
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-  return np.clip(np.round(np.asarray(pixels, np.float32) * 255.0), 0, 255).astype(np.uint8)
-
-
 def _to_pil(pixels: np.ndarray, alpha: np.ndarray | None, gray: bool) -> Image.Image:
   """Model-space pixels to a PIL image: gray inputs stay gray, alpha re-attached exactly."""
-  array = _to_uint8(pixels)
+  array = plots.to_uint8(pixels)
   image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
   if gray and image.mode == "RGB":
     image = image.convert("L")
@@ -268,17 +264,6 @@ def side_by_side(panels: Sequence[Image.Image]) -> Image.Image:
   for i, panel in enumerate(panels):
     canvas.paste(panel.convert(mode), (i * (width + _GAP), 0))
   return canvas
-
-
-def _save_png(image: Image.Image, path: Path) -> None:
-  """Writes atomically: a reader sees the old file or the new one."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  try:
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -359,12 +344,12 @@ def run(inputs: Sequence[str], *, workdir: str, out_dir: str, checkpoint: str = 
     for i, im in enumerate(group):
       output = _to_pil(restored[i], im.alpha, im.gray)
       try:
-        _save_png(output, im.job.output)
+        plots.save_png(output, im.job.output)
         if write_side_by_side:
           panels = [im.source if im.alpha is None else _with_alpha(im.source, im.alpha)]
           if corrupted is not None:
             panels.append(_to_pil(corrupted[i], im.alpha, im.gray))
-          _save_png(side_by_side([*panels, output]), im.job.compare)
+          plots.save_png(side_by_side([*panels, output]), im.job.compare)
       except OSError as e:
         fail(im.job, f"cannot write the output: {e}")
         continue

@@ -12,7 +12,8 @@ from PIL import Image
 from jax_dae import writers
 
 
-def _atomic_save(image: Image.Image, path: Path) -> None:
+def save_png(image: Image.Image, path: str | os.PathLike) -> None:
+  """Writes a PIL image as PNG atomically."""
   with writers.atomic_file(path, "wb") as f:
     image.save(f, format="PNG")
 
@@ -37,7 +38,7 @@ def save_sample_grid(path: str | os.PathLike, corrupted: np.ndarray, reconstruct
                      clean: np.ndarray, pad: int = 2) -> None:
   """Writes a PNG with one column per example and rows corrupted | reconstructed | clean."""
   grid = image_grid([to_uint8(x) for x in (corrupted, reconstructed, clean)], pad)
-  _atomic_save(Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid), Path(path))
+  save_png(Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid), Path(path))
 
 
 @contextlib.contextmanager
