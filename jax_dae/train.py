@@ -538,7 +538,7 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
 
 def _test_by_epoch(metrics_path: Path) -> dict[str, dict[str, float]]:
   """``{epoch: test metrics}`` of the epochs in config.train.test_epochs (last run wins)."""
-  rows = writers.read_jsonl(metrics_path) if metrics_path.exists() else []
+  rows = writers.read_jsonl(metrics_path, missing_ok=True)
   return {str(int(row["epoch"])): {k[len("test/"):]: v for k, v in row.items()
                                    if k.startswith("test/")}
           for row in rows if "epoch" in row and any(k.startswith("test/") for k in row)}

@@ -83,8 +83,13 @@ class MetricWriter:
       self._tb.close()
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-  """Reads metrics.jsonl, skipping a torn last line left by a killed run."""
+def read_jsonl(path: str | os.PathLike, *, missing_ok: bool = False) -> list[dict]:
+  """Reads metrics.jsonl, skipping a torn last line left by a killed run.
+
+  ``missing_ok``: a missing file reads as no rows.
+  """
+  if missing_ok and not Path(path).exists():
+    return []
   rows = []
   for line in Path(path).read_text().splitlines():
     try:

@@ -162,7 +162,7 @@ def _versions() -> dict[str, str]:
 def _val_curve(metrics_path: Path) -> list[dict]:
   """Per-epoch validation metrics and training loss (last line per epoch)."""
   by_epoch = {}
-  for row in writers.read_jsonl(metrics_path) if metrics_path.exists() else []:
+  for row in writers.read_jsonl(metrics_path, missing_ok=True):
     if "epoch" in row:
       by_epoch[int(row["epoch"])] = {k: v for k, v in row.items() if k != "step"}
   return [by_epoch[e] for e in sorted(by_epoch)]
@@ -227,25 +227,20 @@ def samples_figure(table: str, entries: list[tuple[str, Path]], path: Path) -> N
 
 def export_variables(workdir: Path, path: Path) -> None:
   """Writes the run's final variables (no optimizer state) as a flat ``.npz``."""
-  import jax
+  from flax import traverse_util
 
   from jax_dae import inference
 
   variables = inference.load(workdir, checkpoint="latest").variables
-  flat = {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(v)
-          for p, v in jax.tree_util.tree_leaves_with_path(variables)}
-  writers.save_npz(path, **flat)
+  writers.save_npz(path, **traverse_util.flatten_dict(variables, sep="/"))
 
 
-def _unflatten(flat) -> dict:
-  tree = {}
-  for key in flat.files:
-    *parents, leaf = key.split("/")
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = flat[key]
-  return tree
+def load_variables(path: Path) -> dict:
+  """Reads what ``export_variables`` wrote."""
+  from flax import traverse_util
+
+  with np.load(path) as flat:
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def lpips_on_test_split(config, variables, *, batch_size: int = 64,
@@ -265,7 +260,7 @@ def lpips_on_test_split(config, variables, *, batch_size: int = 64,
   eval_key = train.run_keys(config.seed)[3]
 
   @jax.jit
-  def sums(images, indices):
+  def sums(variables, images, indices):
     clean = train.to_float(images)
     noisy = corrupt(corruptions.example_keys(eval_key, indices), clean)
     out = model.apply(variables, noisy, train=False)
@@ -276,7 +271,7 @@ def lpips_on_test_split(config, variables, *, batch_size: int = 64,
   total = {}
   for start in range(0, len(test), batch_size):
     indices = np.arange(start, min(start + batch_size, len(test)))
-    for k, v in sums(test[indices], indices).items():
+    for k, v in sums(variables, test[indices], indices).items():
       total[k] = total.get(k, 0.0) + float(v)
   return {k: v / len(test) for k, v in total.items()}
 
@@ -285,18 +280,17 @@ def add_lpips(args: argparse.Namespace) -> int:
   import ml_collections
 
   path = Path(args.runs) / f"{args.table}.json"
-  report = json.loads(path.read_text())
-  for name, entry in report["rows"].items():
+  record = json.loads(path.read_text())
+  for name, entry in record["rows"].items():
     npz = Path(args.params_dir) / f"{args.table}_{name}.npz"
     if not npz.exists():
       continue
     config = ml_collections.ConfigDict(entry["results"]["config"])
     config.data.dir = args.data_dir
-    with np.load(npz) as flat:
-      variables = _unflatten(flat)
+    variables = load_variables(npz)
     entry["lpips"] = lpips_on_test_split(config, variables, batch_size=args.batch_size)
     print(f"{args.table}/{name}: {entry['lpips']}", flush=True)
-    writers.write_json(path, report)
+    writers.write_json(path, record)
   return 0
 
 
@@ -307,29 +301,29 @@ def run(args: argparse.Namespace) -> int:
   for table in args.tables:
     path = out / f"{table}.json"
     previous = Path(args.previous) / f"{table}.json" if args.previous else path
-    report = json.loads(previous.read_text()) if previous.exists() else {"rows": {}}
-    report.update(table=table, device=_gpu_name(), versions=_versions())
+    record = json.loads(previous.read_text()) if previous.exists() else {"rows": {}}
+    record.update(table=table, device=_gpu_name(), versions=_versions())
     rows = [r for r in TABLES[table] if not args.rows or r.name in args.rows]
     entries = []
     for row in rows:
       workdir = Path(args.workdir) / table / row.name
       entries.append((row.label, workdir))
-      if row.name in report["rows"] and not (workdir / "results.json").exists():
+      if row.name in record["rows"]:
         print(f"{table}/{row.name}: kept from {previous}", flush=True)
         continue
       if args.deadline_s and time.time() - start > args.deadline_s:
         print(f"{table}/{row.name}: not started (past --deadline_s)", flush=True)
         continue
       try:
-        report["rows"][row.name] = run_row(row, workdir, args)
+        record["rows"][row.name] = run_row(row, workdir, args)
       except RuntimeError as e:
         print(f"{table}/{row.name}: {e}", flush=True)
         failed += 1
         continue
-      writers.write_json(path, report)
+      writers.write_json(path, record)
       if args.export_dir:
         export_variables(workdir, Path(args.export_dir) / f"{table}_{row.name}.npz")
-    writers.write_json(path, report)
+    writers.write_json(path, record)
     samples_figure(table, entries, out / f"{table}_samples.png")
   return 1 if failed else 0
 
@@ -371,8 +365,9 @@ def _header(data: dict) -> str:
 def _commands(rows: list[Row], data_dir: str, table: str) -> str:
   lines = [f"    python scripts/reproduce.py run {table} --data_dir={data_dir} --out=docs/runs",
            "", "which runs, for each row:", ""]
-  lines += [f"    python -m jax_dae.main --config={r.config} --workdir=runs/{table}/{r.name} "
-            f"--config.data.dir={data_dir}" + "".join(f" {f}" for f in r.flags) for r in rows]
+  lines += ["    python -m jax_dae.main " + shlex.join([
+      f"--config={r.config}", f"--workdir=runs/{table}/{r.name}", f"--config.data.dir={data_dir}",
+      *r.flags]) for r in rows]
   return "\n".join(lines)
 
 
@@ -425,7 +420,7 @@ def report_s0(runs: Path, images: Path) -> str:
                + " | ".join(_seed_ps(*seed[e]) for e in S0_EPOCHS) + " |")
     out.append(f"| {label}, jax_dae | "
                + " | ".join(_ps(by_epoch.get(str(e))) for e in S0_EPOCHS) + " |")
-  out += ["", "![S0 samples](images/S0_samples.png)", ""]
+  out += ["", "![S0 samples](runs/S0_samples.png)", ""]
   return "\n".join(out)
 
 
@@ -466,7 +461,7 @@ def report_s1(runs: Path, images: Path) -> str:
     if points:
       _plot_sweep(points, images / "s1_bottleneck.png")
       out += ["", "![bottleneck sweep](images/s1_bottleneck.png)"]
-  out += ["", "![S1 samples](images/S1_samples.png)", ""]
+  out += ["", "![S1 samples](runs/S1_samples.png)", ""]
   return "\n".join(out)
 
 
@@ -503,7 +498,7 @@ def report_s2(runs: Path, images: Path) -> str:
       out.append(f"| {row.label if i == 0 else ''} | {size if i == 0 else ''} | {noise} | "
                  f"{_seed_ps(psnr, ssim)} | {_ps(got.get('test_input'))} | {_ps(ours)} | "
                  f"{_diff(ours and ours['psnr'], psnr)} |")
-  out += ["", "![S2 samples](images/S2_samples.png)", ""]
+  out += ["", "![S2 samples](runs/S2_samples.png)", ""]
   return "\n".join(out)
 
 
@@ -542,7 +537,7 @@ def report_s3(runs: Path, images: Path) -> str:
             "pairs (same depth).",
             f"- (**) deeper is better: holds in {sum(deep)} of {len(deep)} neighbouring pairs "
             "(same latent)."]
-  out += ["", "![S3 samples](images/S3_samples.png)", ""]
+  out += ["", "![S3 samples](runs/S3_samples.png)", ""]
   return "\n".join(out)
 
 
@@ -604,7 +599,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   r.add_argument("--workdir", default="runs/reproduce", help="one folder per row under it")
   r.add_argument("--out", default="docs/runs", help="where <TABLE>.json and the figure go")
   r.add_argument("--previous", default="",
-                 help="folder with earlier <TABLE>.json whose rows are kept (default: --out)")
+                 help="folder with earlier <TABLE>.json whose rows are kept (default: --out; "
+                 "delete a row there to run it again)")
   r.add_argument("--rows", nargs="*", default=[], help="only these row names")
   r.add_argument("--deadline_s", type=float, default=0.0,
                  help="start no row after this many seconds (0: no limit)")

@@ -33,7 +33,7 @@ def test_exported_variables_reproduce_the_runs_test_psnr_and_give_lpips(shared_d
   reproduce.export_variables(tmp_path / "run", tmp_path / "S0_tiny.npz")
   with np.load(tmp_path / "S0_tiny.npz") as flat:
     assert any(k.startswith("params/") for k in flat.files)
-    variables = reproduce._unflatten(flat)
+  variables = reproduce.load_variables(tmp_path / "S0_tiny.npz")
   weights = vgg.load_weights(vgg.export_weights(
       tmp_path / "lpips.npz", source=str(vgg.package_checkpoint_path())))
   got = reproduce.lpips_on_test_split(ml_collections.ConfigDict(results["config"]), variables,
