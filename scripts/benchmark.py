@@ -108,7 +108,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from configs import default as default_config  # noqa: E402
-from jax_dae import corruptions, losses, models, train  # noqa: E402
+from jax_dae import corruptions, losses, models, train, writers  # noqa: E402
 from jax_dae.models import vgg  # noqa: E402
 
 CORRUPTION = "gaussian_blur(kernel=9,sigma=4)"
@@ -671,13 +671,8 @@ def row_key(model_name, loss_name, batch, precision) -> str:
 
 def write_json(path: str | None, report: dict) -> None:
   """Writes ``report`` atomically (a reader never sees half a file)."""
-  if not path:
-    return
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(report, indent=2, default=str))
-  tmp.replace(path)
+  if path:
+    writers.write_json(path, report)
 
 
 def write_outputs(args, report: dict) -> None:

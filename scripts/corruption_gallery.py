@@ -15,7 +15,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import gzip
 import tarfile
 import textwrap
 from pathlib import Path
@@ -28,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from jax_dae import corruptions  # noqa: E402
-from jax_dae.data import preprocess  # noqa: E402
+from jax_dae.data import mnist, preprocess  # noqa: E402
 
 FACE_MEMBER = "lfw-deepfunneled/George_W_Bush/George_W_Bush_0001.jpg"
 
@@ -64,9 +63,7 @@ def load_face(data_dir: Path) -> np.ndarray:
 
 def load_digit(data_dir: Path, index: int = 0) -> np.ndarray:
   """MNIST test image ``index`` as float32 ``[28, 28, 1]`` in [0, 1]."""
-  with gzip.open(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz", "rb") as f:
-    raw = f.read()
-  images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
+  images = mnist.read_idx_images(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz")
   return images[index, :, :, None].astype(np.float32) / 255
 
 
