@@ -130,7 +130,7 @@ def read_images(
       results[rel] = result
   good = [r for r in relpaths if not isinstance(results[r], str)]
   if shape is None and crop:
-    shape = (crop, crop, 3 if mode == "RGB" else 1)
+    shape = (crop, crop, preprocess.channels(mode))
   if shape is None and good:
     # The most common shape; ties go to the one met first (Counter keeps insertion order).
     shape = collections.Counter(results[r].shape for r in good).most_common(1)[0][0]
@@ -153,7 +153,7 @@ def read_images(
   if kept:
     images = np.stack(kept)
   else:
-    images = np.zeros((0, *(shape or (0, 0, 3 if mode == "RGB" else 1))), np.uint8)
+    images = np.zeros((0, *(shape or (0, 0, preprocess.channels(mode)))), np.uint8)
   return images, bad
 
 
@@ -180,11 +180,7 @@ def load(config) -> dict[str, np.ndarray]:
   Returns:
     ``{split: [N, H, W, C] uint8}``.
   """
-  mode = config.get("mode", "RGB")
-  if mode not in preprocess.MODES:
-    raise ValueError(
-        f"config.data.mode={mode!r} is unknown; allowed: {', '.join(preprocess.MODES)}."
-    )
+  mode = preprocess.check_mode(config.get("mode", "RGB"))
   resize, crop = int(config.get("resize", 0)), int(config.get("crop", 0))
   if resize < 0 or crop < 0 or (resize and crop > resize):
     raise ValueError(f"config.data.resize={resize} and crop={crop}: both must be >= 0 and the "

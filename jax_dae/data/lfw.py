@@ -222,7 +222,7 @@ def _decode_all(
 ) -> np.ndarray:
   """Decodes and preprocesses ``names`` (in that order) with all local cores."""
   position = {name: i for i, name in enumerate(names)}
-  out = np.zeros((len(names), crop, crop, 3 if mode == "RGB" else 1), np.uint8)
+  out = np.zeros((len(names), crop, crop, preprocess.channels(mode)), np.uint8)
 
   def work(name: str, data: bytes) -> None:
     image = preprocess.decode(data, mode=mode, name=f"{source.path}:{name}")
@@ -259,11 +259,7 @@ def load(config) -> dict[str, np.ndarray]:
   Returns:
     ``{split: [N, crop, crop, 3] uint8}`` (``[..., 1]`` for mode "L").
   """
-  mode = config.get("mode", "RGB")
-  if mode not in preprocess.MODES:
-    raise ValueError(
-        f"config.data.mode={mode!r} is unknown; allowed: {', '.join(preprocess.MODES)}."
-    )
+  mode = preprocess.check_mode(config.get("mode", "RGB"))
   sizes = dict(config.split)
   if config.variant == "tfds":
     # TFDS's `lfw` (the original variant), read like any prepared TFDS dataset:

@@ -29,6 +29,18 @@ from tqdm import tqdm
 MODES = ("RGB", "L")
 
 
+def check_mode(mode: str) -> str:
+  """Returns ``mode`` if it is one of ``MODES``; raises a one-line ValueError otherwise."""
+  if mode not in MODES:
+    raise ValueError(f"config.data.mode={mode!r} is unknown; allowed: {', '.join(MODES)}.")
+  return mode
+
+
+def channels(mode: str) -> int:
+  """Channels of images in ``mode``: 3 for "RGB", 1 for "L"."""
+  return 3 if check_mode(mode) == "RGB" else 1
+
+
 class BadImageError(ValueError):
   """One image file cannot be used: it does not decode, or its mode or size is unexpected."""
 
@@ -137,8 +149,7 @@ def convert(image: Image.Image, *, mode: str, background: int = 255, name: str =
   Raises:
     BadImageError: the image's mode has no defined conversion.
   """
-  if mode not in MODES:
-    raise ValueError(f"config.data.mode={mode!r} is unknown; allowed: {', '.join(MODES)}.")
+  check_mode(mode)
   if image.mode == mode:
     return image
   if image.mode == "P":

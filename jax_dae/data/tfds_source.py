@@ -98,7 +98,7 @@ def read_images(source, indices: np.ndarray, *, image_key: str, mode: str, resiz
     if isinstance(result, BaseException):
       raise result
   if not out:
-    return np.zeros((0, crop, crop, 3 if mode == "RGB" else 1), np.uint8)
+    return np.zeros((0, crop, crop, preprocess.channels(mode)), np.uint8)
   shapes = {a.shape for a in out}
   if len(shapes) > 1:
     raise ValueError(f"{name}: images have different sizes {sorted(shapes)[:3]}...; set "
@@ -167,11 +167,7 @@ def load(config) -> dict[str, np.ndarray]:
   if not name:
     raise ValueError("config.data.tfds_name is empty: name the TFDS dataset to read "
                      "(e.g. --config.data.tfds_name=cifar10).")
-  mode = config.get("mode", "RGB")
-  if mode not in preprocess.MODES:
-    raise ValueError(
-        f"config.data.mode={mode!r} is unknown; allowed: {', '.join(preprocess.MODES)}."
-    )
+  mode = preprocess.check_mode(config.get("mode", "RGB"))
   return load_builder(
       name, data_dir=config.get("tfds_data_dir", "") or None,
       image_key=config.get("image_key", "image"), mode=mode,
