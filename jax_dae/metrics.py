@@ -68,8 +68,11 @@ _lpips_jit = jax.jit(_lpips_distance)
 @functools.lru_cache(maxsize=2)
 def _lpips_weights(path: str | None):
   weights = vgg.load_weights(path)
-  return (jax.tree.map(jnp.asarray, vgg.vgg_params(weights)),
-          {k: jnp.asarray(v) for k, v in vgg.lpips_heads(weights).items()})
+  # Concrete arrays even when the first call comes from inside a jit trace:
+  # a cached tracer would leak into every later trace.
+  with jax.ensure_compile_time_eval():
+    return (jax.tree.map(jnp.asarray, vgg.vgg_params(weights)),
+            {k: jnp.asarray(v) for k, v in vgg.lpips_heads(weights).items()})
 
 
 def lpips(a: jax.Array, b: jax.Array, *, weights: Mapping[str, np.ndarray] | str | None = None

@@ -14,7 +14,9 @@ Two steps, so that the runs can happen on a GPU machine and the report here:
   # each row's final variables (<TABLE>_<row>.npz); then, here,
   python scripts/reproduce.py lpips S0 --params_dir=DIR --data_dir=../shared/data
   # adds test LPIPS (model and corrupted input) to docs/runs/S0.json, and the
-  # PSNR recomputed from those variables as a check against the GPU's.
+  # PSNR recomputed from those variables as a check against the GPU's; it also
+  # redraws S0_samples.png from every exported row, when the rows were run by
+  # several calls of `run` (exports above 15 MiB are split into .part<i>.npz).
 
   # Write docs/results.md and its figures from docs/runs/<TABLE>.json.
   python scripts/reproduce.py report
@@ -225,22 +227,45 @@ def samples_figure(table: str, entries: list[tuple[str, Path]], path: Path) -> N
     ax.set_title(f"{table}: the first {n} test images", fontsize=9)
 
 
-def export_variables(workdir: Path, path: Path) -> None:
-  """Writes the run's final variables (no optimizer state) as a flat ``.npz``."""
+# Largest file export_variables writes: the GPU machine returns files of at most 16 MiB.
+EXPORT_PART_BYTES = 15 * 2**20
+
+
+def export_variables(workdir: Path, path: Path, *, part_bytes: int = EXPORT_PART_BYTES) -> None:
+  """Writes the run's final variables (no optimizer state) as flat ``.npz`` files.
+
+  ``path`` holds the first arrays; arrays beyond ``part_bytes`` per file go to
+  ``<stem>.part1.npz``, ``<stem>.part2.npz``, ... (a ResCAE's 24 MB would not
+  come back from the GPU machine in one file). ``load_variables`` joins them.
+  """
   from flax import traverse_util
 
   from jax_dae import inference
 
   variables = inference.load(workdir, checkpoint="latest").variables
-  writers.save_npz(path, **traverse_util.flatten_dict(variables, sep="/"))
+  flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
+  parts, size = [{}], 0
+  for name, array in flat.items():
+    if parts[-1] and size + array.nbytes > part_bytes:
+      parts.append({})
+      size = 0
+    parts[-1][name] = array
+    size += array.nbytes
+  for i, part in enumerate(parts):
+    writers.save_npz(path if i == 0 else path.with_suffix(f".part{i}.npz"), **part)
 
 
 def load_variables(path: Path) -> dict:
-  """Reads what ``export_variables`` wrote."""
+  """Reads what ``export_variables`` wrote (``path`` and its ``.part<i>.npz`` files)."""
   from flax import traverse_util
 
-  with np.load(path) as flat:
-    return traverse_util.unflatten_dict(dict(flat), sep="/")
+  flat, i = {}, 0
+  while path.exists():
+    with np.load(path) as part:
+      flat.update(part)
+    i += 1
+    path = path.with_name(f"{path.name.split('.')[0]}.part{i}.npz")
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def lpips_on_test_split(config, variables, *, batch_size: int = 64,
@@ -276,25 +301,56 @@ def lpips_on_test_split(config, variables, *, batch_size: int = 64,
   return {k: v / len(test) for k, v in total.items()}
 
 
+def write_test_samples(config, variables, path: Path) -> None:
+  """``test_samples.npz`` as the run writes it: its first test faces, corrupted and reconstructed."""
+  import jax
+
+  from jax_dae import corruptions, data, plots, train
+
+  clean = np.asarray(data.load(config.data)["test"][: config.train.num_samples])
+  model = train.create_model(config, out_channels=clean.shape[-1])
+  corrupt = corruptions.parse(config.corruption, clean.shape[1:])
+  keys = corruptions.example_keys(train.run_keys(config.seed)[3], np.arange(len(clean)))
+  noisy = corrupt(keys, train.to_float(clean))
+  recon = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, noisy)
+  writers.save_npz(path, corrupted=plots.to_uint8(noisy), reconstructed=plots.to_uint8(recon),
+                   clean=clean)
+
+
 def add_lpips(args: argparse.Namespace) -> int:
+  """Adds LPIPS to the table's record, and redraws its sample figure, from exported variables."""
   import ml_collections
 
   path = Path(args.runs) / f"{args.table}.json"
   record = json.loads(path.read_text())
-  for name, entry in record["rows"].items():
-    npz = Path(args.params_dir) / f"{args.table}_{name}.npz"
-    if not npz.exists():
+  entries = []
+  for row in TABLES[args.table]:
+    entry = record["rows"].get(row.name)
+    npz = Path(args.params_dir) / f"{args.table}_{row.name}.npz"
+    if entry is None or not npz.exists():
       continue
     config = ml_collections.ConfigDict(entry["results"]["config"])
     config.data.dir = args.data_dir
     variables = load_variables(npz)
-    entry["lpips"] = lpips_on_test_split(config, variables, batch_size=args.batch_size)
-    print(f"{args.table}/{name}: {entry['lpips']}", flush=True)
-    writers.write_json(path, record)
+    samples_dir = Path(args.params_dir) / f"{args.table}_{row.name}"
+    write_test_samples(config, variables, samples_dir / "test_samples.npz")
+    entries.append((row.label, samples_dir))
+    if "lpips" not in entry or args.recompute:
+      entry["lpips"] = lpips_on_test_split(config, variables, batch_size=args.batch_size)
+      writers.write_json(path, record)
+    print(f"{args.table}/{row.name}: {entry['lpips']}", flush=True)
+  # Every exported row's reconstructions of the same faces, also when the rows
+  # were run by several calls of `run`.
+  samples_figure(args.table, entries, Path(args.runs) / f"{args.table}_samples.png")
   return 0
 
 
 def run(args: argparse.Namespace) -> int:
+  import jax
+
+  # This process only reads checkpoints (--export_dir): keep it off the GPU,
+  # whose memory JAX would otherwise claim before the next row's run starts.
+  jax.config.update("jax_platforms", "cpu")
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   start, failed = time.time(), 0
@@ -614,6 +670,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   lp.add_argument("--data_dir", default="../shared/data")
   lp.add_argument("--runs", default="docs/runs")
   lp.add_argument("--batch_size", type=int, default=64)
+  lp.add_argument("--recompute", action="store_true", help="also rows that have LPIPS already")
   p = sub.add_parser("report", help="write docs/results.md from docs/runs")
   p.add_argument("--runs", default="docs/runs")
   p.add_argument("--images", default="docs/images")

@@ -92,6 +92,18 @@ def test_lpips_of_identical_images_is_zero(weights, golden):
                              atol=1e-6)
 
 
+def test_lpips_from_a_weights_path_inside_jit_traces_again(weights_file, golden):
+  # The weights a path resolves to are cached; loaded first under a jit trace,
+  # they once leaked that trace's tracers into the next (a new batch size).
+  images = golden["images"]
+  pairs = golden["lpips_pairs"]
+  dist = jax.jit(lambda a, b: metrics.lpips(a, b, weights=str(weights_file)))
+  whole = dist(images[pairs[:, 0]], images[pairs[:, 1]])
+  first = dist(images[pairs[:1, 0]], images[pairs[:1, 1]])
+  np.testing.assert_allclose(np.asarray(whole), golden["lpips"], rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(first), golden["lpips"][:1], rtol=1e-4)
+
+
 def test_stops_at_the_deepest_requested_layer(weights):
   model = vgg.VGG16Features(layers=("relu2_2", "relu1_2"))
   params = vgg.vgg_params(weights, model.layers)
