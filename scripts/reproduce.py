@@ -302,7 +302,7 @@ def lpips_on_test_split(config, variables, *, batch_size: int = 64,
 
 
 def write_test_samples(config, variables, path: Path) -> None:
-  """``test_samples.npz`` as the run writes it: its first test faces, corrupted and reconstructed."""
+  """Writes ``test_samples.npz`` as a run does: its first test faces, corrupted and rebuilt."""
   import jax
 
   from jax_dae import corruptions, data, plots, train

@@ -42,7 +42,7 @@ def test_exported_variables_reproduce_the_runs_test_psnr_and_give_lpips(shared_d
   variables = reproduce.load_variables(tmp_path / "S0_tiny.npz")
   saved = inference.load(tmp_path / "run", checkpoint="latest").variables
   assert jax.tree.structure(variables) == jax.tree.structure(saved)
-  for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(saved)):
+  for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(saved), strict=True):
     np.testing.assert_array_equal(got, want)
   weights = vgg.load_weights(vgg.export_weights(
       tmp_path / "lpips.npz", source=str(vgg.package_checkpoint_path())))
