@@ -45,24 +45,30 @@ def image_metrics(reconstruction: jax.Array, clean: jax.Array) -> dict[str, jax.
 _LPIPS_EPS = 1e-10  # LPIPS's normalize_tensor epsilon.
 
 
-def _lpips_distance(params, heads, a, b):
-  if a.shape != b.shape:
-    raise ValueError(f"lpips: shapes differ, {a.shape} vs {b.shape}.")
-  x = jnp.concatenate([a, b]).astype(jnp.float32)
+def _lpips_to_reference(params, heads, reference, candidates):
+  """LPIPS of each of ``candidates`` ``[K, B, ...]`` to ``reference`` ``[B, ...]``: ``[K, B]``.
+
+  One VGG pass over the reference and all candidates together.
+  """
+  if candidates.shape[1:] != reference.shape:
+    raise ValueError(f"lpips: shapes differ, {candidates.shape[1:]} vs {reference.shape}.")
+  k, n = candidates.shape[:2]
+  x = jnp.concatenate([reference[None], candidates]).astype(jnp.float32)
+  x = x.reshape(-1, *reference.shape[1:])
   if x.shape[-1] == 1:
     x = jnp.repeat(x, 3, axis=-1)
   features = vgg.VGG16Features(layers=vgg.LAYERS).apply({"params": params}, x)
-  n = a.shape[0]
-  total = jnp.zeros((n,), jnp.float32)
+  total = jnp.zeros((k, n), jnp.float32)
   for layer in vgg.LAYERS:
     f = features[layer]
     f = f / (jnp.sqrt(jnp.sum(jnp.square(f), axis=-1, keepdims=True)) + _LPIPS_EPS)
-    diff = jnp.square(f[:n] - f[n:])
-    total = total + jnp.mean(diff @ heads[layer], axis=(1, 2))
+    f = f.reshape(k + 1, n, *f.shape[1:])
+    diff = jnp.square(f[1:] - f[:1])
+    total = total + jnp.mean(diff @ heads[layer], axis=(2, 3))
   return total
 
 
-_lpips_jit = jax.jit(_lpips_distance)
+_lpips_jit = jax.jit(_lpips_to_reference)
 
 
 @functools.lru_cache(maxsize=2)
@@ -96,9 +102,25 @@ def lpips(a: jax.Array, b: jax.Array, *, weights: Mapping[str, np.ndarray] | str
   Returns:
     ``[B]`` float32 distances.
   """
+  return lpips_to_reference(b, a[None], weights=weights)[0]
+
+
+def lpips_to_reference(reference: jax.Array, candidates: jax.Array, *,
+                       weights: Mapping[str, np.ndarray] | str | None = None) -> jax.Array:
+  """``lpips(candidates[k], reference)`` for every ``k``, ``[K, B]``, in one VGG pass.
+
+  Cheaper than ``K`` calls of ``lpips`` (``K + 1`` images per position
+  instead of ``2 K``): for scoring several models against the same clean
+  images (``scripts/reproduce.py lpips``).
+
+  Args:
+    reference: ``[B, H, W, C]`` images in [0, 1].
+    candidates: ``[K, B, H, W, C]`` images in [0, 1].
+    weights: as for ``lpips``.
+  """
   if weights is None or isinstance(weights, str):
     params, heads = _lpips_weights(weights or None)
   else:
     params = jax.tree.map(jnp.asarray, vgg.vgg_params(weights))
     heads = {k: jnp.asarray(v) for k, v in vgg.lpips_heads(weights).items()}
-  return _lpips_jit(params, heads, a, b)
+  return _lpips_jit(params, heads, reference, candidates)

@@ -268,37 +268,67 @@ def load_variables(path: Path) -> dict:
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
-def lpips_on_test_split(config, variables, *, batch_size: int = 64,
-                        weights=None) -> dict[str, float]:
-  """Mean LPIPS of the model and of the corrupted input over the test split.
+def lpips_on_test_split(runs, *, batch_size: int = 64, weights=None) -> dict[str, dict]:
+  """Mean test LPIPS of several runs' models, and of their corrupted inputs.
 
-  The test images are corrupted exactly as ``train_and_evaluate`` corrupts
-  them (same keys per image), so the PSNR returned beside must equal the run's.
+  Args:
+    runs: ``{name: (config, variables)}``; the configs must share one dataset.
+    batch_size: test images per step.
+    weights: LPIPS weights (``metrics.lpips``); the default resolution if None.
+
+  Returns:
+    ``{name: {"lpips", "input_lpips", "psnr"}}``. The test images are corrupted
+    exactly as ``train_and_evaluate`` corrupts them (same keys per image), so
+    the PSNR must equal the run's own. Each batch goes through VGG once, with
+    the clean images, every distinct corrupted input and every model's
+    reconstruction side by side (``metrics.lpips_to_reference``).
   """
   import jax
+  import jax.numpy as jnp
+  from tqdm import tqdm
 
   from jax_dae import corruptions, data, metrics, train
 
-  test = np.asarray(data.load(config.data)["test"])
-  model = train.create_model(config, out_channels=test.shape[-1])
-  corrupt = corruptions.parse(config.corruption, test.shape[1:])
-  eval_key = train.run_keys(config.seed)[3]
+  configs = {name: config for name, (config, _) in runs.items()}
+  first = next(iter(configs.values()))
+  for name, config in configs.items():
+    if config.data.to_dict() != first.data.to_dict():
+      raise ValueError(f"lpips: run {name!r} reads other data than the first run.")
+  test = np.asarray(data.load(first.data)["test"])
 
-  @jax.jit
-  def sums(variables, images, indices):
-    clean = train.to_float(images)
-    noisy = corrupt(corruptions.example_keys(eval_key, indices), clean)
-    out = model.apply(variables, noisy, train=False)
-    return {"lpips": metrics.lpips(out, clean, weights=weights).sum(),
-            "input_lpips": metrics.lpips(noisy, clean, weights=weights).sum(),
-            "psnr": metrics.psnr(out, clean).sum()}
+  def forward_fn(config):
+    model = train.create_model(config, out_channels=test.shape[-1])
+    corrupt = corruptions.parse(config.corruption, test.shape[1:])
+    eval_key = train.run_keys(config.seed)[3]
 
-  total = {}
-  for start in range(0, len(test), batch_size):
+    @jax.jit
+    def forward(variables, images, indices):
+      clean = train.to_float(images)
+      noisy = corrupt(corruptions.example_keys(eval_key, indices), clean)
+      out = model.apply(variables, noisy, train=False)
+      return noisy, out, metrics.psnr(out, clean).sum()
+    return forward
+
+  forwards = {name: forward_fn(config) for name, config in configs.items()}
+  # Runs with the same corruption and seed share their corrupted inputs.
+  input_of = {name: (c.corruption, c.seed) for name, c in configs.items()}
+  inputs = list(dict.fromkeys(input_of.values()))
+  totals = {name: {"lpips": 0.0, "input_lpips": 0.0, "psnr": 0.0} for name in runs}
+  for start in tqdm(range(0, len(test), batch_size), desc="LPIPS", unit="batch"):
     indices = np.arange(start, min(start + batch_size, len(test)))
-    for k, v in sums(variables, test[indices], indices).items():
-      total[k] = total.get(k, 0.0) + float(v)
-  return {k: v / len(test) for k, v in total.items()}
+    noisy, outs = {}, []
+    for name, (_, variables) in runs.items():
+      x, out, psnr_sum = forwards[name](variables, test[indices], indices)
+      noisy.setdefault(input_of[name], x)
+      outs.append(out)
+      totals[name]["psnr"] += float(psnr_sum)
+    candidates = jnp.stack([noisy[k] for k in inputs] + outs)
+    dist = np.asarray(metrics.lpips_to_reference(
+        train.to_float(test[indices]), candidates, weights=weights)).sum(axis=1)
+    for i, name in enumerate(runs):
+      totals[name]["input_lpips"] += float(dist[inputs.index(input_of[name])])
+      totals[name]["lpips"] += float(dist[len(inputs) + i])
+  return {name: {k: v / len(test) for k, v in t.items()} for name, t in totals.items()}
 
 
 def write_test_samples(config, variables, path: Path) -> None:
@@ -323,7 +353,7 @@ def add_lpips(args: argparse.Namespace) -> int:
 
   path = Path(args.runs) / f"{args.table}.json"
   record = json.loads(path.read_text())
-  entries = []
+  entries, todo = [], {}
   for row in TABLES[args.table]:
     entry = record["rows"].get(row.name)
     npz = Path(args.params_dir) / f"{args.table}_{row.name}.npz"
@@ -336,12 +366,15 @@ def add_lpips(args: argparse.Namespace) -> int:
     write_test_samples(config, variables, samples_dir / "test_samples.npz")
     entries.append((row.label, samples_dir))
     if "lpips" not in entry or args.recompute:
-      entry["lpips"] = lpips_on_test_split(config, variables, batch_size=args.batch_size)
-      writers.write_json(path, record)
-    print(f"{args.table}/{row.name}: {entry['lpips']}", flush=True)
+      todo[row.name] = (config, variables)
   # Every exported row's reconstructions of the same faces, also when the rows
   # were run by several calls of `run`.
   samples_figure(args.table, entries, Path(args.runs) / f"{args.table}_samples.png")
+  scores = lpips_on_test_split(todo, batch_size=args.batch_size) if todo else {}
+  for name, value in scores.items():
+    record["rows"][name]["lpips"] = value
+    print(f"{args.table}/{name}: {value}", flush=True)
+  writers.write_json(path, record)
   return 0
 
 

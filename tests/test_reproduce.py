@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import lfw_cae
-from jax_dae import inference, train
+from jax_dae import corruptions, data, inference, metrics, train
 from jax_dae.models import vgg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -46,9 +46,28 @@ def test_exported_variables_reproduce_the_runs_test_psnr_and_give_lpips(shared_d
     np.testing.assert_array_equal(got, want)
   weights = vgg.load_weights(vgg.export_weights(
       tmp_path / "lpips.npz", source=str(vgg.package_checkpoint_path())))
-  got = reproduce.lpips_on_test_split(ml_collections.ConfigDict(results["config"]), variables,
-                                      batch_size=5, weights=weights)
+  config = ml_collections.ConfigDict(results["config"])
+  pixelated = ml_collections.ConfigDict(results["config"])
+  pixelated.corruption = "pixelate(block=4)"
+  runs = {"run": (config, variables), "again": (config, variables),
+          "pixelated": (pixelated, variables)}
+  scores = reproduce.lpips_on_test_split(runs, batch_size=5, weights=weights)
+  got = scores["run"]
   # Same images, same corruption keys, same model: the run's own test PSNR.
   assert got["psnr"] == pytest.approx(results["test"]["psnr"], abs=1e-3)
   assert 0 < got["lpips"] < 1 and 0 < got["input_lpips"] < 1
   assert got["lpips"] != pytest.approx(got["input_lpips"], abs=1e-4)
+  # Rows are scored side by side in one VGG pass: equal rows score equally,
+  # and a row with another corruption gets its own input LPIPS.
+  assert scores["again"] == got
+  assert scores["pixelated"]["input_lpips"] != pytest.approx(got["input_lpips"], abs=1e-4)
+  # One pair checked against the plain metric.
+  test = np.asarray(data.load(config.data)["test"])
+  model = train.create_model(config, out_channels=test.shape[-1])
+  corrupt = corruptions.parse(config.corruption, test.shape[1:])
+  clean = train.to_float(test)
+  noisy = corrupt(corruptions.example_keys(train.run_keys(config.seed)[3], np.arange(len(test))),
+                  clean)
+  out = model.apply(variables, noisy, train=False)
+  assert got["lpips"] == pytest.approx(
+      float(np.mean(metrics.lpips(out, clean, weights=weights))), rel=1e-5)

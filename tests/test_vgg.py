@@ -92,6 +92,16 @@ def test_lpips_of_identical_images_is_zero(weights, golden):
                              atol=1e-6)
 
 
+def test_lpips_to_reference_equals_one_lpips_per_candidate(weights, golden):
+  images = golden["images"]
+  reference = images[:2]
+  candidates = np.stack([images[1:], images[[2, 0]], images[:2]])
+  got = np.asarray(metrics.lpips_to_reference(reference, candidates, weights=weights))
+  want = [np.asarray(metrics.lpips(c, reference, weights=weights)) for c in candidates]
+  np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-7)
+  assert np.all(got[:2] > 0) and np.allclose(got[2], 0.0, atol=1e-6)
+
+
 def test_lpips_from_a_weights_path_inside_jit_traces_again(weights_file, golden):
   # The weights a path resolves to are cached; loaded first under a jit trace,
   # they once leaked that trace's tracers into the next (a new batch size).
