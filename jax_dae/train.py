@@ -12,6 +12,7 @@ resumed run draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -544,6 +545,21 @@ def _test_by_epoch(metrics_path: Path) -> dict[str, dict[str, float]]:
           for row in rows if "epoch" in row and any(k.startswith("test/") for k in row)}
 
 
+class _PhaseClock:
+  """Wall time spent in each named phase of a run (``results.json``'s ``phase_s``)."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+
+  @contextlib.contextmanager
+  def __call__(self, phase: str):
+    start = time.time()
+    try:
+      yield
+    finally:
+      self.seconds[phase] = self.seconds.get(phase, 0.0) + time.time() - start
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates every epoch, checkpoints, and writes the test results.
 
@@ -557,6 +573,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The dictionary written to ``workdir/results.json``.
   """
   start_time = time.time()
+  clock = _PhaseClock()
   validate_config(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -565,7 +582,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writers.write_json(workdir / "config.json", config.to_dict())
 
   # Data first: a missing dataset should fail before anything compiles.
-  splits = data.load(config.data)
+  with clock("data"):
+    splits = data.load(config.data)
   image_shape = tuple(splits["train"].shape[1:])
   mesh = make_mesh(config.mesh.num_devices)
   num_devices = mesh.devices.size
@@ -594,12 +612,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   loss_fn = losses.create(config.loss)
 
   init_key, data_key, step_key, eval_key = run_keys(config.seed)
-  state = jax.jit(
-      functools.partial(init_state, model, tx, image_shape), out_shardings=replicated
-  )(init_key)
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.max_checkpoints,
-                                best_metric="psnr")
-  state = ckpt.restore_latest(state)
+  with clock("init"):
+    state = jax.jit(
+        functools.partial(init_state, model, tx, image_shape), out_shardings=replicated
+    )(init_key)
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints",
+                                   max_to_keep=config.train.max_checkpoints, best_metric="psnr")
+    state = ckpt.restore_latest(state)
   start_step = int(state.step)
   if start_step:
     logging.info("Resumed from step %d.", start_step)
@@ -685,35 +704,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bar.update(steps_per_call * batch_size)
         bar.set_postfix(loss=f"{means['loss']:.4f}")
 
-    val = evaluators["val"](state)
+    with clock("validation"):
+      val = evaluators["val"](state)
     epoch_loss = float(np.mean(np.concatenate(epoch_losses)))
     scalars = {f"val/{k}": v for k, v in val.items()}
     if epoch + 1 in config.train.test_epochs:
-      scalars |= {f"test/{k}": v for k, v in evaluators["test"](state).items()}
+      with clock("test"):
+        scalars |= {f"test/{k}": v for k, v in evaluators["test"](state).items()}
     writer.write_scalars(step, scalars | {"epoch": epoch + 1, "train/epoch_loss": epoch_loss})
     logging.info("epoch %d: loss %.5f, val PSNR %.2f dB, SSIM %.4f (input %.2f / %.4f)",
                  epoch + 1, epoch_loss, val["psnr"], val["ssim"], val["input_psnr"],
                  val["input_ssim"])
-    ckpt.save(step, state, metrics=val)
-    noisy, recon, clean = samples(state, "val")
-    if main_process:
-      plots.save_sample_grid(workdir / "samples" / f"epoch_{epoch + 1:03d}.png",
-                             noisy, recon, clean / 255.0)
-  ckpt.wait()
+    with clock("checkpoint"):
+      ckpt.save(step, state, metrics=val)
+    with clock("samples"):
+      noisy, recon, clean = samples(state, "val")
+      if main_process:
+        plots.save_sample_grid(workdir / "samples" / f"epoch_{epoch + 1:03d}.png",
+                               noisy, recon, clean / 255.0)
+  with clock("checkpoint"):
+    ckpt.wait()
   feed.close()
 
   t = time.time()
   test = evaluators["test"](state)
   eval_s = time.time() - t
+  clock.seconds["test"] = clock.seconds.get("test", 0.0) + eval_s
   # The best checkpoint is often the final state: then its metrics are the same.
   final_is_best = ckpt.best_step() == int(state.step)
-  best_state = state if final_is_best else ckpt.restore_best(state)
-  ckpt.close()
+  with clock("checkpoint"):
+    best_state = state if final_is_best else ckpt.restore_best(state)
+    ckpt.close()
 
   def at_best(evaluate, final_metrics):
     return final_metrics if final_is_best else evaluate(best_state)
 
-  test_best = at_best(evaluators["test"], test)
+  with clock("test"):
+    test_best = at_best(evaluators["test"], test)
 
   def model_only(m):
     return {k: v for k, v in m.items() if not k.startswith("input_")}
@@ -722,18 +749,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {k[len("input_"):]: v for k, v in m.items() if k.startswith("input_")}
 
   by_corruption = {}
-  for name, evaluate in corruption_evaluators.items():
-    metrics = evaluate(state)
-    metrics_best = at_best(evaluate, metrics)
-    by_corruption[name] = {"test": model_only(metrics), "test_input": input_only(metrics),
-                           "test_at_best_val": model_only(metrics_best)}
+  with clock("test"):
+    for name, evaluate in corruption_evaluators.items():
+      metrics = evaluate(state)
+      metrics_best = at_best(evaluate, metrics)
+      by_corruption[name] = {"test": model_only(metrics), "test_input": input_only(metrics),
+                             "test_at_best_val": model_only(metrics_best)}
 
   # The first test faces, as corrupted for the evaluation, through the final model.
-  noisy, recon, test_faces = samples(state, "test")
-  if main_process and len(test_faces):
-    plots.save_sample_grid(workdir / "samples" / "test.png", noisy, recon, test_faces / 255.0)
-    writers.save_npz(workdir / "test_samples.npz", corrupted=plots.to_uint8(noisy),
-                     reconstructed=plots.to_uint8(recon), clean=test_faces)
+  with clock("samples"):
+    noisy, recon, test_faces = samples(state, "test")
+    if main_process and len(test_faces):
+      plots.save_sample_grid(workdir / "samples" / "test.png", noisy, recon, test_faces / 255.0)
+      writers.save_npz(workdir / "test_samples.npz", corrupted=plots.to_uint8(noisy),
+                       reconstructed=plots.to_uint8(recon), clean=test_faces)
 
   results = {
       "config": config.to_dict(),
@@ -755,6 +784,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "test_eval_s": eval_s,
       "wall_s": time.time() - start_time,
   }
+  # Where the wall time went; "other" is everything not in a named phase
+  # (model building, logging, metric writing).
+  phases = clock.seconds | {"compile": compile_s, "train": train_time}
+  results["phase_s"] = phases | {"other": results["wall_s"] - sum(phases.values())}
+  logging.info("wall time %.1f s: %s.", results["wall_s"], ", ".join(
+      f"{k} {v:.1f} s" for k, v in sorted(results["phase_s"].items(), key=lambda kv: -kv[1])))
   writer.write_scalars(int(state.step), {f"test/{k}": v for k, v in test.items()})
   writer.close()
   if main_process:

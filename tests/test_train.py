@@ -158,6 +158,13 @@ def test_end_to_end_on_real_lfw_writes_outputs_and_resumes(shared_data, tmp_path
     assert np.isfinite(saved["test"][key]) and np.isfinite(saved["test_input"][key])
   assert 15 < saved["test_input"]["psnr"] < 35  # a blurred real face, neither clean nor noise
   assert checkpoint.Checkpointer(workdir / "checkpoints").latest_step() == 8
+  # Where the wall time went: every phase that ran, adding up to the wall time.
+  phases = saved["phase_s"]
+  assert set(phases) == {"data", "init", "compile", "train", "validation", "checkpoint",
+                         "samples", "test", "other"}
+  assert all(v > 0 for k, v in phases.items() if k != "other") and phases["other"] >= 0
+  assert sum(phases.values()) == pytest.approx(saved["wall_s"])
+  assert phases["train"] == saved["train_s"] and phases["compile"] == saved["compile_s"]
 
   # Same command, one more epoch: resumes at step 8 instead of restarting...
   resumed = _run(workdir, shared_data, tmp_path, epochs=3)
