@@ -27,10 +27,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
-import time
 from collections.abc import Callable
 
+import benchmark  # scripts/benchmark.py, beside this file
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,13 +214,7 @@ def time_variant(layer: str, fn: Callable, *, batch: int, dtype, iters: int, rep
       return x - (1e-6 * gx).astype(x.dtype), w - (1e-6 * gw).astype(w.dtype)
     return jax.lax.fori_loop(0, iters, body, (x, w))
 
-  jax.block_until_ready(loop(x, w))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(loop(x, w))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times) / iters * 1e6
+  return benchmark.median_call_seconds(loop, x, w, repeats=repeats) / iters * 1e6
 
 
 def main() -> int:

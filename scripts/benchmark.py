@@ -189,6 +189,17 @@ def environment(torch) -> dict[str, Any]:
   return env
 
 
+def median_call_seconds(fn, *args, repeats: int) -> float:
+  """Median device-synchronised seconds of ``fn(*args)`` over ``repeats`` calls after one."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
 def measure_bf16_peak(size: int, chain: int = 10, repeats: int = 5) -> dict[str, float]:
   """bf16 matmul FLOP/s: ``chain`` dependent ``size``^3 products per call, median of calls."""
   key_a, key_b = jax.random.split(jax.random.key(0))
@@ -199,15 +210,9 @@ def measure_bf16_peak(size: int, chain: int = 10, repeats: int = 5) -> dict[str,
   def chained(x, w):
     return jax.lax.fori_loop(0, chain, lambda _, y: jnp.dot(y, w), x)
 
-  jax.block_until_ready(chained(a, b))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(chained(a, b))
-    times.append(time.perf_counter() - t)
+  seconds = median_call_seconds(chained, a, b, repeats=repeats)
   flops = 2.0 * size**3 * chain
-  return {"size": size, "chain": chain, "seconds": statistics.median(times),
-          "flops_per_s": flops / statistics.median(times)}
+  return {"size": size, "chain": chain, "seconds": seconds, "flops_per_s": flops / seconds}
 
 
 # ---------------------------------------------------------------------------
