@@ -57,7 +57,7 @@ def figure(path: str | os.PathLike, *, ncols: int = 1, figsize=(5, 3.2), dpi: in
     yield fig, axes
     fig.tight_layout()
     with writers.atomic_file(path, "wb") as f:
-      fig.savefig(f, format="png")
+      fig.savefig(f, format="png", bbox_inches="tight")  # no label cut at the edges
   finally:
     plt.close(fig)
 
