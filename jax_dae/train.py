@@ -502,8 +502,11 @@ class _DeviceEvaluator:
     first evaluation; the first call waits for it if it has not finished.
     """
     evaluate = self._evaluate
+    # Shapes and shardings only: the train loop donates the state's buffers.
+    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        state)
     self._evaluate = executor.submit(
-        lambda: evaluate.lower(state, self._images, self._key).compile())
+        lambda: evaluate.lower(spec, self._images, self._key).compile())
 
   def __call__(self, state) -> dict[str, float]:
     if isinstance(self._evaluate, concurrent.futures.Future):
