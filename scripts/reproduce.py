@@ -252,7 +252,12 @@ def export_variables(workdir: Path, path: Path, *, part_bytes: int = EXPORT_PART
     parts[-1][name] = array
     size += array.nbytes
   for i, part in enumerate(parts):
-    writers.save_npz(path if i == 0 else path.with_suffix(f".part{i}.npz"), **part)
+    writers.save_npz(_part_path(path, i), **part)
+
+
+def _part_path(path: Path, i: int) -> Path:
+  """``path`` itself for part 0, ``<name without .npz>.part<i>.npz`` beside it after."""
+  return path if i == 0 else path.with_name(f"{path.name.removesuffix('.npz')}.part{i}.npz")
 
 
 def load_variables(path: Path) -> dict:
@@ -260,11 +265,10 @@ def load_variables(path: Path) -> dict:
   from flax import traverse_util
 
   flat, i = {}, 0
-  while path.exists():
-    with np.load(path) as part:
+  while _part_path(path, i).exists():
+    with np.load(_part_path(path, i)) as part:
       flat.update(part)
     i += 1
-    path = path.with_name(f"{path.name.split('.')[0]}.part{i}.npz")
   return traverse_util.unflatten_dict(flat, sep="/")
 
 

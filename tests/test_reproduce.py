@@ -33,13 +33,15 @@ def test_exported_variables_reproduce_the_runs_test_psnr_and_give_lpips(shared_d
 
   # Small parts, so that the variables are split over several files as a
   # ResCAE's are under the GPU machine's 16 MiB per file.
-  reproduce.export_variables(tmp_path / "run", tmp_path / "S0_tiny.npz", part_bytes=20_000)
-  parts = sorted(tmp_path.glob("S0_tiny*.npz"))
-  assert len(parts) > 2
+  # A dotted row name, like S0's mixed_rho0.5.
+  export = tmp_path / "S0_tiny_rho0.5.npz"
+  reproduce.export_variables(tmp_path / "run", export, part_bytes=20_000)
+  parts = sorted(tmp_path.glob("S0_tiny_rho0.5*.npz"))
+  assert len(parts) > 2 and (tmp_path / "S0_tiny_rho0.5.part1.npz") in parts
   for part in parts:
     with np.load(part) as flat:
       assert sum(flat[k].nbytes for k in flat.files) <= 20_000 or len(flat.files) == 1
-  variables = reproduce.load_variables(tmp_path / "S0_tiny.npz")
+  variables = reproduce.load_variables(export)
   saved = inference.load(tmp_path / "run", checkpoint="latest").variables
   assert jax.tree.structure(variables) == jax.tree.structure(saved)
   for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(saved), strict=True):
