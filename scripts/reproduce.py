@@ -272,6 +272,27 @@ def load_variables(path: Path) -> dict:
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
+def test_forward(config, image_shape: tuple[int, ...]):
+  """``forward(variables, images, indices) -> (corrupted, reconstruction)``, jitted.
+
+  Test image ``indices[i]`` is corrupted with the evaluation's own key, exactly
+  as ``train_and_evaluate`` corrupts it, so metrics match the run's.
+  """
+  import jax
+
+  from jax_dae import corruptions, train
+
+  model = train.create_model(config, out_channels=image_shape[-1])
+  corrupt = corruptions.parse(config.corruption, image_shape)
+  eval_key = train.run_keys(config.seed)[3]
+
+  @jax.jit
+  def forward(variables, images, indices):
+    noisy = corrupt(corruptions.example_keys(eval_key, indices), train.to_float(images))
+    return noisy, model.apply(variables, noisy, train=False)
+  return forward
+
+
 def lpips_on_test_split(runs, *, batch_size: int = 64, weights=None) -> dict[str, dict]:
   """Mean test LPIPS of several runs' models, and of their corrupted inputs.
 
@@ -287,11 +308,10 @@ def lpips_on_test_split(runs, *, batch_size: int = 64, weights=None) -> dict[str
     the clean images, every distinct corrupted input and every model's
     reconstruction side by side (``metrics.lpips_to_reference``).
   """
-  import jax
   import jax.numpy as jnp
   from tqdm import tqdm
 
-  from jax_dae import corruptions, data, metrics, train
+  from jax_dae import data, metrics, train
 
   configs = {name: config for name, (config, _) in runs.items()}
   first = next(iter(configs.values()))
@@ -300,53 +320,34 @@ def lpips_on_test_split(runs, *, batch_size: int = 64, weights=None) -> dict[str
       raise ValueError(f"lpips: run {name!r} reads other data than the first run.")
   test = np.asarray(data.load(first.data)["test"])
 
-  def forward_fn(config):
-    model = train.create_model(config, out_channels=test.shape[-1])
-    corrupt = corruptions.parse(config.corruption, test.shape[1:])
-    eval_key = train.run_keys(config.seed)[3]
-
-    @jax.jit
-    def forward(variables, images, indices):
-      clean = train.to_float(images)
-      noisy = corrupt(corruptions.example_keys(eval_key, indices), clean)
-      out = model.apply(variables, noisy, train=False)
-      return noisy, out, metrics.psnr(out, clean).sum()
-    return forward
-
-  forwards = {name: forward_fn(config) for name, config in configs.items()}
+  forwards = {name: test_forward(config, test.shape[1:]) for name, config in configs.items()}
   # Runs with the same corruption and seed share their corrupted inputs.
   input_of = {name: (c.corruption, c.seed) for name, c in configs.items()}
   inputs = list(dict.fromkeys(input_of.values()))
   totals = {name: {"lpips": 0.0, "input_lpips": 0.0, "psnr": 0.0} for name in runs}
   for start in tqdm(range(0, len(test), batch_size), desc="LPIPS", unit="batch"):
     indices = np.arange(start, min(start + batch_size, len(test)))
+    clean = train.to_float(test[indices])
     noisy, outs = {}, []
     for name, (_, variables) in runs.items():
-      x, out, psnr_sum = forwards[name](variables, test[indices], indices)
+      x, out = forwards[name](variables, test[indices], indices)
       noisy.setdefault(input_of[name], x)
       outs.append(out)
-      totals[name]["psnr"] += float(psnr_sum)
+      totals[name]["psnr"] += float(metrics.psnr(out, clean).sum())
     candidates = jnp.stack([noisy[k] for k in inputs] + outs)
-    dist = np.asarray(metrics.lpips_to_reference(
-        train.to_float(test[indices]), candidates, weights=weights)).sum(axis=1)
+    dist = np.asarray(metrics.lpips_to_reference(clean, candidates, weights=weights)).sum(axis=1)
     for i, name in enumerate(runs):
       totals[name]["input_lpips"] += float(dist[inputs.index(input_of[name])])
       totals[name]["lpips"] += float(dist[len(inputs) + i])
   return {name: {k: v / len(test) for k, v in t.items()} for name, t in totals.items()}
 
 
-def write_test_samples(config, variables, path: Path) -> None:
+def write_test_samples(config, variables, test: np.ndarray, path: Path) -> None:
   """Writes ``test_samples.npz`` as a run does: its first test faces, corrupted and rebuilt."""
-  import jax
+  from jax_dae import plots
 
-  from jax_dae import corruptions, data, plots, train
-
-  clean = np.asarray(data.load(config.data)["test"][: config.train.num_samples])
-  model = train.create_model(config, out_channels=clean.shape[-1])
-  corrupt = corruptions.parse(config.corruption, clean.shape[1:])
-  keys = corruptions.example_keys(train.run_keys(config.seed)[3], np.arange(len(clean)))
-  noisy = corrupt(keys, train.to_float(clean))
-  recon = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, noisy)
+  clean = test[: config.train.num_samples]
+  noisy, recon = test_forward(config, test.shape[1:])(variables, clean, np.arange(len(clean)))
   writers.save_npz(path, corrupted=plots.to_uint8(noisy), reconstructed=plots.to_uint8(recon),
                    clean=clean)
 
@@ -355,9 +356,11 @@ def add_lpips(args: argparse.Namespace) -> int:
   """Adds LPIPS to the table's record, and redraws its sample figure, from exported variables."""
   import ml_collections
 
+  from jax_dae import data
+
   path = Path(args.runs) / f"{args.table}.json"
   record = json.loads(path.read_text())
-  entries, todo = [], {}
+  entries, todo, tests = [], {}, {}
   for row in TABLES[args.table]:
     entry = record["rows"].get(row.name)
     npz = Path(args.params_dir) / f"{args.table}_{row.name}.npz"
@@ -367,7 +370,10 @@ def add_lpips(args: argparse.Namespace) -> int:
     config.data.dir = args.data_dir
     variables = load_variables(npz)
     samples_dir = Path(args.params_dir) / f"{args.table}_{row.name}"
-    write_test_samples(config, variables, samples_dir / "test_samples.npz")
+    key = json.dumps(config.data.to_dict(), sort_keys=True)
+    if key not in tests:
+      tests[key] = np.asarray(data.load(config.data)["test"])
+    write_test_samples(config, variables, tests[key], samples_dir / "test_samples.npz")
     entries.append((row.label, samples_dir))
     if "lpips" not in entry or args.recompute:
       todo[row.name] = (config, variables)
