@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_dae.models import layers
+
 DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -103,34 +105,15 @@ def up_transpose(x, w):
   return jax.lax.conv_transpose(x, w, (2, 2), ((2, 2), (2, 2)), dimension_numbers=DN)
 
 
-def _up_phases(w):
-  cin, cout = w.shape[2:]
-  phases = w.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 4, 1, 3, 5)
-  return phases.reshape(2, 2, cin, 4 * cout)
-
-
-def _depth_to_space(y, h, wd, cout):
-  n = y.shape[0]
-  y = y.reshape(n, h + 1, wd + 1, 2, 2, cout)
-  rows = [jnp.stack([y[:, p:p + h, q:q + wd, p, q] for q in (0, 1)], axis=3) for p in (0, 1)]
-  return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * wd, cout)
-
-
 def up_subpixel(x, w):
   """The sub-pixel form with a 2x2 convolution (the library's until this benchmark)."""
-  n, h, wd, _ = x.shape
-  y = conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), _up_phases(w), 1, "VALID")
-  return _depth_to_space(y, h, wd, w.shape[-1])
+  y = conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), layers.subpixel_phase_kernels(w), 1,
+           "VALID")
+  return layers.interleave_phases(y, w.shape[-1])
 
 
-def up_subpixel_im2col(x, w):
-  """Sub-pixel, the 2x2 conv as four shifted copies and one matmul (``UpConv2x`` now)."""
-  n, h, wd, cin = x.shape
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  cols = jnp.concatenate([xp[:, a:a + h + 1, b:b + wd + 1, :] for a in (0, 1) for b in (0, 1)],
-                         axis=-1)
-  y = cols @ _up_phases(w).reshape(4 * cin, -1)
-  return _depth_to_space(y, h, wd, w.shape[-1])
+# Sub-pixel, the 2x2 conv as four shifted copies and one matmul (``UpConv2x`` now).
+up_subpixel_im2col = layers.subpixel_upconv
 
 
 # name -> (input shape, kernel shape, input needs a gradient, reference, variants).

@@ -57,16 +57,37 @@ class UpConv2x(nn.Module):
       y = jax.lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)),
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
       return y + bias
-    n, h, w, _ = x.shape
-    # kernel[2r + p, 2s + q] -> phase kernels [r, s, in, (p, q, out)].
-    phases = kernel.reshape(2, 2, 2, 2, cin, self.features)  # [r, p, s, q, in, out]
-    phases = phases.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, cin, 4 * self.features)
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    # The 2x2 "VALID" convolution: tap (a, b) reads padded[m + a, n + b].
-    taps = [padded[:, a:a + h + 1, b:b + w + 1, :] for a in (0, 1) for b in (0, 1)]
-    y = jnp.concatenate(taps, axis=-1) @ phases.reshape(4 * cin, 4 * self.features)
-    y = y.reshape(n, h + 1, w + 1, 2, 2, self.features)
-    # Phase (p, q) of output pixel (m, n) is y[m + p, n + q, p, q].
-    rows = [jnp.stack([y[:, p:p + h, q:q + w, p, q] for q in (0, 1)], axis=3) for p in (0, 1)]
-    out = jnp.stack(rows, axis=2)  # [n, h, 2 (p), w, 2 (q), out]
-    return out.reshape(n, 2 * h, 2 * w, self.features) + bias
+    return subpixel_upconv(x, kernel) + bias
+
+
+def subpixel_phase_kernels(kernel: jax.Array) -> jax.Array:
+  """``[4, 4, in, out]`` transposed-conv kernel -> ``[2, 2, in, 4 * out]`` phase kernels.
+
+  ``kernel[2r + p, 2s + q]`` becomes tap ``(r, s)`` of phase ``(p, q)``.
+  """
+  cin, cout = kernel.shape[2:]
+  phases = kernel.reshape(2, 2, 2, 2, cin, cout)  # [r, p, s, q, in, out]
+  return phases.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, cin, 4 * cout)
+
+
+def interleave_phases(y: jax.Array, features: int) -> jax.Array:
+  """``[n, h + 1, w + 1, 4 * out]`` phase outputs -> the ``[n, 2h, 2w, out]`` image.
+
+  Phase ``(p, q)`` of output pixel ``(m, n)`` is ``y[m + p, n + q, p, q]``.
+  """
+  n, h, w = y.shape[0], y.shape[1] - 1, y.shape[2] - 1
+  y = y.reshape(n, h + 1, w + 1, 2, 2, features)
+  rows = [jnp.stack([y[:, p:p + h, q:q + w, p, q] for q in (0, 1)], axis=3) for p in (0, 1)]
+  out = jnp.stack(rows, axis=2)  # [n, h, 2 (p), w, 2 (q), out]
+  return out.reshape(n, 2 * h, 2 * w, features)
+
+
+def subpixel_upconv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``UpConv2x``'s "subpixel" form without bias: shifted copies, one matmul, interleave."""
+  _, h, w, cin = x.shape
+  cout = kernel.shape[-1]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # The 2x2 "VALID" convolution: tap (a, b) reads padded[m + a, n + b].
+  taps = [padded[:, a:a + h + 1, b:b + w + 1, :] for a in (0, 1) for b in (0, 1)]
+  y = jnp.concatenate(taps, axis=-1) @ subpixel_phase_kernels(kernel).reshape(4 * cin, 4 * cout)
+  return interleave_phases(y, cout)
