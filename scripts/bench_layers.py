@@ -122,11 +122,13 @@ LAYERS: dict[str, tuple] = {
         "pad_out8": functools.partial(conv_pad_out, to=8),
         "pad_out16": functools.partial(conv_pad_out, to=16),
         "matmul_shift": conv_matmul_shift,
+        "space_to_depth": layers.space_to_depth_conv,
     }),
     "stem_9x9_3to64_112": ((112, 112, 3), (9, 9, 3, 64), False, conv, {
         "pad_in4": functools.partial(conv_pad_in, to=4),
         "pad_in8": functools.partial(conv_pad_in, to=8),
         "im2col": conv_im2col,
+        "space_to_depth": layers.space_to_depth_conv,
     }),
     "up_128to64_56": ((56, 56, 128), (4, 4, 128, 64), True, up_transpose, {
         "subpixel": up_subpixel,
@@ -138,9 +140,14 @@ LAYERS: dict[str, tuple] = {
     }),
     "down_64to64_112": ((112, 112, 64), (4, 4, 64, 64), True, down_conv, {
         "space_to_depth": down_space_to_depth,
+        "space_to_depth_matmul": layers.space_to_depth_downconv,
     }),
     "down_64to128_56": ((56, 56, 64), (4, 4, 64, 128), True, down_conv, {
         "space_to_depth": down_space_to_depth,
+        "space_to_depth_matmul": layers.space_to_depth_downconv,
+    }),
+    "down_128to256_28": ((28, 28, 128), (4, 4, 128, 256), True, down_conv, {
+        "space_to_depth_matmul": layers.space_to_depth_downconv,
     }),
 }
 
@@ -207,6 +214,8 @@ def main() -> int:
   p.add_argument("--batches", default="8,64")
   p.add_argument("--precisions", default="float32,bfloat16")
   p.add_argument("--layers", default=",".join(LAYERS))
+  p.add_argument("--variants", default="",
+                 help="comma list of variants to time beside the reference (default: all)")
   p.add_argument("--iters", type=int, default=50)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--out", default="")
@@ -223,7 +232,9 @@ def main() -> int:
       for precision in args.precisions.split(","):
         dtype = jnp.dtype(precision)
         base = None
-        for name, fn in {"reference": ref, **variants}.items():
+        chosen = {k: v for k, v in variants.items()
+                  if not args.variants or k in args.variants.split(",")}
+        for name, fn in {"reference": ref, **chosen}.items():
           us = time_variant(layer, fn, batch=batch, dtype=dtype, iters=args.iters,
                             repeats=args.repeats)
           base = base or us

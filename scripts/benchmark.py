@@ -69,9 +69,10 @@ Commands:
   # torch, compare the blur, the forward and the losses of two steps):
   python scripts/benchmark.py --check_only --models CAE,ResCAE
 
-``--upsample subpixel`` measures jax_dae with ``CAE.upsample="subpixel"`` (the
-exact sub-pixel form of the transposed convolutions; same parameters), so
-``--check --upsample subpixel`` also proves that form against torch.
+``--model_set upsample=transpose,full_res_conv=space_to_depth`` measures jax_dae
+with those ``CAE`` attributes (how its layers are computed: exact forms with
+the same parameters, ``models/layers.py``), so ``--check --model_set ...`` also
+proves those forms against torch.
 
 Rows are run in a priority order (batch 8 fp32 and batch 64 bf16 first), each
 printed as it completes, and the JSON is rewritten after every row, so a run
@@ -114,6 +115,8 @@ from jax_dae.models import vgg  # noqa: E402
 CORRUPTION = "gaussian_blur(kernel=9,sigma=4)"
 PRECISIONS = ("float32", "bfloat16")
 LOSSES = ("mse", "perceptual")
+# CAE attributes that choose how a layer is computed (same function, same parameters).
+LAYER_FORMS = ("upsample", "full_res_conv", "downsample")
 TORCH_MODES = ("eager", "compile", "reduce-overhead")
 # Perceptual loss of seed 000: VGG16 relu3_3 after x2 bilinear upsampling.
 PERCEPTUAL_LAYER = "relu3_3"
@@ -274,11 +277,11 @@ def analytic_flops_per_step(model, loss_name: str, batch: int, size: int) -> dic
 
 
 def make_config(model_name: str, loss_name: str, batch: int, precision: str,
-                upsample: str = ""):
+                model_set: dict[str, str] | None = None):
   """``configs/default.py`` with this row's model, loss, batch and dtype.
 
-  ``upsample`` sets ``CAE.upsample`` (how the transposed convolutions are
-  computed) unless empty.
+  ``model_set`` overrides ``config.model`` fields (e.g. ``CAE.upsample``, how
+  the transposed convolutions are computed).
 
   The bf16 rows compute VGG16 in bf16 as well (``config.loss.vgg_dtype``), as
   torch's autocast does.
@@ -286,8 +289,8 @@ def make_config(model_name: str, loss_name: str, batch: int, precision: str,
   config = default_config.get_config()
   config.model.name = model_name
   config.model.dtype = precision
-  if upsample:
-    config.model.upsample = upsample
+  for key, value in (model_set or {}).items():
+    config.model[key] = value
   config.train.batch_size = batch
   config.corruption = CORRUPTION
   if loss_name == "perceptual":
@@ -364,7 +367,7 @@ def synthetic_images(count: int, size: int, seed: int) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
 
-def build_jax_loop(model_name, loss_name, batch, precision, images, steps, *, upsample="",
+def build_jax_loop(model_name, loss_name, batch, precision, images, steps, *, model_set=None,
                    seed=0) -> dict[str, Any]:
   """jax_dae's train loop of one row (not yet lowered) and its first arguments.
 
@@ -375,7 +378,7 @@ def build_jax_loop(model_name, loss_name, batch, precision, images, steps, *, up
     call), its arguments ``state``, ``perm`` and ``step_key`` (``images`` is the
     fourth), and ``train_step`` and ``corrupt``.
   """
-  config = make_config(model_name, loss_name, batch, precision, upsample)
+  config = make_config(model_name, loss_name, batch, precision, model_set)
   image_shape = tuple(images.shape[1:])
   model = train.create_model(config)
   tx = train.create_optimizer(config)
@@ -399,7 +402,7 @@ def run_jax_row(model_name, loss_name, batch, precision, images, args):
   """
   steps = steps_per_window(args, batch)
   row = build_jax_loop(model_name, loss_name, batch, precision, images, steps,
-                       upsample=args.upsample, seed=args.seed)
+                       model_set=args.model_set, seed=args.seed)
   loop, state, perm, step_key = row["loop"], row["state"], row["perm"], row["step_key"]
   train_step, corrupt = row["train_step"], row["corrupt"]
 
@@ -583,7 +586,7 @@ def run_check(torch, tr, model_names, args, tol: float = 1e-4) -> list[dict[str,
   try:
     with jax.default_matmul_precision("highest"):
       for model_name in model_names:
-        config = make_config(model_name, "mse", batch, "float32", args.upsample)
+        config = make_config(model_name, "mse", batch, "float32", args.model_set)
         image_shape = (size, size, 3)
         model = train.create_model(config)
         tx = train.create_optimizer(config)
@@ -736,7 +739,7 @@ def markdown(report: dict) -> str:
       "",
       f"XLA_FLAGS: `{env.get('xla_flags') or '(none)'}`.",
       "",
-      f"jax_dae transposed convolutions: `CAE.upsample` = {meta.get('upsample', '-')}.",
+      f"jax_dae layer forms (`CAE` attributes): {meta.get('model_set', '-')}.",
       "",
       f"Data: {meta['data']}. Corruption inside the step: `{CORRUPTION}`. VGG16 weights "
       f"(perceptual rows, both sides): {meta.get('vgg_weights', '-')}. Throughput: images/s, "
@@ -868,6 +871,20 @@ def print_table(report: dict) -> None:
 # ---------------------------------------------------------------------------
 
 
+def parse_model_set(text: str) -> dict[str, str]:
+  """``"a=1,b=x"`` -> ``{"a": "1", "b": "x"}`` (config.model overrides)."""
+  pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+  if any(len(pair) != 2 for pair in pairs):
+    raise argparse.ArgumentTypeError(f"expected key=value[,key=value...], got {text!r}")
+  return {k.strip(): v.strip() for k, v in pairs}
+
+
+def model_forms(model_set: dict[str, str]) -> dict[str, str]:
+  """The CAE's layer-form attributes in effect: the library's defaults, then ``model_set``."""
+  forms = {name: str(getattr(models.CAE, name)) for name in LAYER_FORMS}
+  return {**forms, **model_set}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -885,9 +902,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--eval_images", type=int, help="test-split size for the evaluation (3708)")
   p.add_argument("--eval_batch_size", type=int, help="evaluation batch (256)")
   p.add_argument("--peak_size", type=int, help="side of the bf16 peak matmul (8192)")
-  p.add_argument("--upsample", default="",
-                 help="CAE.upsample, how jax_dae computes the transposed convolutions "
-                      "(transpose, subpixel; default: the library's default)")
+  p.add_argument("--model_set", default="", type=parse_model_set,
+                 help="comma list of key=value config.model overrides, e.g. how jax_dae "
+                      "computes its layers: upsample=transpose,full_res_conv=space_to_depth "
+                      "(default: the library's defaults)")
   p.add_argument("--no_eval", action="store_true", help="skip the test-split evaluation")
   p.add_argument("--smoke", action="store_true",
                  help="tiny CPU-sized run: TinyCAE at 16x16, batch 4, few steps, two rows "
@@ -981,8 +999,7 @@ def main(argv=None) -> int:
           "args": dict(vars(args)),
           "torch_modes": modes,
           "steps_per_call": args.steps_per_call, "windows": args.windows,
-          "upsample": args.upsample or (
-              f"library default ({getattr(models.CAE, 'upsample', 'n/a')})"),
+          "model_set": ", ".join(f"{k}={v}" for k, v in model_forms(args.model_set).items()),
           "data": (f"synthetic uniform uint8, {args.num_images} training images of "
                    f"{args.image_size}x{args.image_size}x3 resident on the device; "
                    f"{args.eval_images} test images"),

@@ -253,7 +253,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--loss", default="mse", choices=bench.LOSSES)
   p.add_argument("--batch", type=int, help=f"batch size ({FULL['batch']})")
   p.add_argument("--precision", default="float32", choices=bench.PRECISIONS)
-  p.add_argument("--upsample", default="", help="CAE.upsample (transpose, subpixel)")
+  p.add_argument("--model_set", default="", type=bench.parse_model_set,
+                 help="config.model overrides, e.g. full_res_conv=space_to_depth")
   p.add_argument("--steps_per_call", type=int,
                  help="steps per compiled call (0: benchmark.py's 3200 / batch in 50..200)")
   p.add_argument("--calls", type=int, help="calls timed, then calls traced (2)")
@@ -278,7 +279,7 @@ def main(argv=None) -> dict:
         f"{args.image_size}px, {steps} steps/call, {args.calls} calls; devices {jax.devices()}")
   images = jax.device_put(bench.synthetic_images(args.num_images, args.image_size, args.seed + 1))
   row = bench.build_jax_loop(args.model, args.loss, args.batch, args.precision, images, steps,
-                             upsample=args.upsample, seed=args.seed)
+                             model_set=args.model_set, seed=args.seed)
   rest = (images, row["perm"], row["step_key"])
   t = time.perf_counter()
   compiled = row["loop"].lower(row["state"], *rest).compile()

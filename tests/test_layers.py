@@ -1,4 +1,10 @@
-"""UpConv2x: both implementations equal a transposed convolution written as a scatter."""
+"""The CAE's convolution layers: every implementation equals the definition and nn.Conv*.
+
+UpConv2x against a transposed convolution written as a scatter; SameConv and
+DownConv2x (space-to-depth forms) against a convolution written as a loop.
+"""
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -7,7 +13,8 @@ import numpy as np
 import pytest
 
 from jax_dae import models
-from jax_dae.models.layers import UpConv2x
+from jax_dae.models import layers
+from jax_dae.models.layers import DownConv2x, SameConv, UpConv2x
 
 
 def _scatter_reference(x, kernel, bias):
@@ -40,11 +47,92 @@ def test_upconv_equals_scatter_definition_and_flax_conv_transpose(impl):
   np.testing.assert_array_equal(ref["params"]["kernel"], variables["params"]["kernel"])
 
 
-def test_cae_upsample_choice_changes_speed_not_results():
+def _loop_conv_reference(x, kernel, bias, stride, pad):
+  """``y[i, j] = sum_{a, b} x_padded[stride * i + a, stride * j + b] @ W[a, b]``."""
+  k = kernel.shape[0]
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  h = (xp.shape[1] - k) // stride + 1
+  w = (xp.shape[2] - k) // stride + 1
+  out = np.zeros((x.shape[0], h, w, kernel.shape[-1]), np.float64)
+  for a in range(k):
+    for b in range(k):
+      patch = xp[:, a:a + stride * (h - 1) + 1:stride, b:b + stride * (w - 1) + 1:stride]
+      out += patch @ kernel[a, b]
+  return out + bias
+
+
+_CONV_CASES = {
+    # name: (layer, the nn.Conv it replaces, stride, padding, input shape)
+    "same9_3to5": (lambda impl: SameConv(5, 9, impl=impl), nn.Conv(5, (9, 9), padding="SAME"), 1,
+                   4, (2, 10, 12, 3)),
+    "same9_6to3": (lambda impl: SameConv(3, 9, impl=impl), nn.Conv(3, (9, 9), padding="SAME"), 1,
+                   4, (2, 12, 10, 6)),
+    "same3_odd_size": (lambda impl: SameConv(4, 3, impl=impl), nn.Conv(4, (3, 3), padding="SAME"),
+                       1, 1, (1, 7, 9, 2)),
+    "down_4to6": (lambda impl: DownConv2x(6, impl=impl),
+                  nn.Conv(6, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1))), 2, 1,
+                  (2, 8, 12, 4)),
+}
+
+
+@pytest.mark.parametrize("impl", ["xla", "space_to_depth"])
+@pytest.mark.parametrize("case", sorted(_CONV_CASES))
+def test_conv_layers_equal_loop_definition_nn_conv_and_its_gradients(case, impl):
+  make, flax_layer, stride, pad, shape = _CONV_CASES[case]
+  x = np.asarray(jax.random.normal(jax.random.key(1), shape), np.float64)
+  layer = make(impl)
+  variables = layer.init(jax.random.key(0), jnp.asarray(x, jnp.float32))
+  # Same parameters and initialisation as the nn.Conv it stands for.
+  ref = flax_layer.init(jax.random.key(0), jnp.asarray(x, jnp.float32))
+  np.testing.assert_array_equal(ref["params"]["kernel"], variables["params"]["kernel"])
+  params = jax.tree.map(np.asarray, variables["params"])
+  params["bias"] = np.arange(params["bias"].size, dtype=np.float32) / 10
+  with jax.default_matmul_precision("highest"):
+    got = np.asarray(layer.apply({"params": params}, jnp.asarray(x, jnp.float32)))
+    want = _loop_conv_reference(x, params["kernel"], params["bias"], stride, pad)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+    # Gradients of input and kernel equal nn.Conv's (the kernel reaches the
+    # space-to-depth form through a gather).
+    def loss(module, p, x):
+      return jnp.sum(jnp.sin(module.apply({"params": p}, x)))
+
+    x32 = jnp.asarray(x, jnp.float32)
+    g = jax.grad(functools.partial(loss, layer), argnums=(0, 1))(params, x32)
+    h = jax.grad(functools.partial(loss, flax_layer), argnums=(0, 1))(params, x32)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(h), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_space_to_depth_round_trip_and_pixel_order():
+  x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+  s = layers.space_to_depth(x)
+  assert s.shape == (2, 2, 3, 12)
+  # Channel (p * 2 + q) * c + k of coarse pixel (m, n) is fine pixel (2m + p, 2n + q), channel k.
+  np.testing.assert_array_equal(s[1, 1, 2, (1 * 2 + 0) * 3 + 2], x[1, 3, 4, 2])
+  np.testing.assert_array_equal(layers.depth_to_space(s), x)
+  with pytest.raises(ValueError, match="square odd kernel"):
+    layers.space_to_depth_kernel(jnp.zeros((4, 4, 1, 1)))
+
+
+@pytest.mark.parametrize("choice", [{"upsample": "transpose"}, {"full_res_conv": "space_to_depth"},
+                                    {"downsample": "space_to_depth"}])
+def test_cae_layer_choices_change_speed_not_results(choice):
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
   variables = models.create("TinyCAE").init(jax.random.key(0), x)
-  a = models.create("TinyCAE", upsample="transpose").apply(variables, x)
-  b = models.create("TinyCAE", upsample="subpixel").apply(variables, x)
+  chosen = models.create("TinyCAE", **choice)
+  # The same parameter tree: checkpoints move freely between choices.
+  assert (jax.tree.structure(chosen.init(jax.random.key(0), x))
+          == jax.tree.structure(variables))
+  a = models.create("TinyCAE").apply(variables, x)
+  b = chosen.apply(variables, x)
   np.testing.assert_allclose(a, b, atol=1e-5)
-  with pytest.raises(ValueError, match="allowed: transpose, subpixel"):
-    models.create("TinyCAE", upsample="nearest").init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("attribute,allowed", [("upsample", "transpose, subpixel"),
+                                               ("full_res_conv", "xla, space_to_depth"),
+                                               ("downsample", "xla, space_to_depth")])
+def test_cae_rejects_unknown_layer_impl(attribute, allowed):
+  x = jnp.zeros((1, 16, 16, 3))
+  with pytest.raises(ValueError, match=f"allowed: {allowed}"):
+    models.create("TinyCAE", **{attribute: "nearest"}).init(jax.random.key(0), x)

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_dae.models.layers import UpConv2x
+from jax_dae.models.layers import DownConv2x, SameConv, UpConv2x
 
 
 class ResidualBlock(nn.Module):
@@ -64,6 +64,11 @@ class CAE(nn.Module):
     upsample: how the transposed convolutions are computed, "transpose" or
       "subpixel" (``layers.UpConv2x``): the same function and parameters,
       different speed.
+    full_res_conv: how the 9x9 stem and output convolutions are computed,
+      "xla" or "space_to_depth" (``layers.SameConv``); same function and
+      parameters.
+    downsample: how the stride-2 encoder convolutions are computed, "xla" or
+      "space_to_depth" (``layers.DownConv2x``); same function and parameters.
   """
 
   encoder_features: Sequence[int] = (64, 64, 128, 256)
@@ -75,6 +80,8 @@ class CAE(nn.Module):
   bn_axis_name: str | None = None
   # "subpixel" measured faster on an H100 (docs/benchmarks.md); same results.
   upsample: str = "subpixel"
+  full_res_conv: str = "space_to_depth"
+  downsample: str = "xla"
 
   def _norm(self, train: bool):
     return functools.partial(
@@ -83,11 +90,13 @@ class CAE(nn.Module):
 
   def encode(self, x, *, train: bool):
     norm = self._norm(train)
-    k = (self.stem_kernel, self.stem_kernel)
+    # Explicit names keep the parameter tree of nn.Conv layers: Conv_0 .. Conv_{n}.
     first, *rest = self.encoder_features
-    x = nn.relu(norm()(nn.Conv(first, k, padding="SAME", dtype=self.dtype)(x)))
-    for features in rest:
-      x = nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
+    x = SameConv(first, self.stem_kernel, impl=self.full_res_conv, dtype=self.dtype,
+                 name="Conv_0")(x)
+    x = nn.relu(norm()(x))
+    for i, features in enumerate(rest, start=1):
+      x = DownConv2x(features, impl=self.downsample, dtype=self.dtype, name=f"Conv_{i}")(x)
       x = nn.relu(norm()(x))
     for _ in range(self.num_res_blocks):
       x = ResidualBlock(x.shape[-1], dtype=self.dtype, bn_axis_name=self.bn_axis_name)(
@@ -100,8 +109,9 @@ class CAE(nn.Module):
     for i, features in enumerate(self.decoder_features):
       z = UpConv2x(features, impl=self.upsample, dtype=self.dtype, name=f"ConvTranspose_{i}")(z)
       z = nn.relu(norm()(z))
-    k = (self.stem_kernel, self.stem_kernel)
-    return jnp.tanh(nn.Conv(self.out_channels, k, padding="SAME", dtype=self.dtype)(z))
+    out = SameConv(self.out_channels, self.stem_kernel, impl=self.full_res_conv, dtype=self.dtype,
+                   name=f"Conv_{len(self.encoder_features)}")
+    return jnp.tanh(out(z))
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):

@@ -7,8 +7,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 UPSAMPLE_IMPLS = ("transpose", "subpixel")
+CONV_IMPLS = ("xla", "space_to_depth")
+
+
+def _check_impl(impl: str, allowed: tuple[str, ...], what: str) -> None:
+  if impl not in allowed:
+    raise ValueError(f"{what} impl {impl!r} is unknown; allowed: {', '.join(allowed)}.")
 
 
 class UpConv2x(nn.Module):
@@ -46,9 +53,7 @@ class UpConv2x(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.impl not in UPSAMPLE_IMPLS:
-      raise ValueError(f"upsample impl {self.impl!r} is unknown; allowed: "
-                       f"{', '.join(UPSAMPLE_IMPLS)}.")
+    _check_impl(self.impl, UPSAMPLE_IMPLS, "upsample")
     cin = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (4, 4, cin, self.features), jnp.float32)
     bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
@@ -58,6 +63,82 @@ class UpConv2x(nn.Module):
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
       return y + bias
     return subpixel_upconv(x, kernel) + bias
+
+
+class SameConv(nn.Module):
+  """A stride-1 "SAME" convolution with an odd square kernel, like ``nn.Conv``.
+
+  Same parameters as ``nn.Conv(features, (k, k), padding="SAME")`` (``kernel``
+  ``[k, k, in, out]`` and ``bias``, same initialisers), computed one of two
+  exact ways:
+
+  * ``"xla"``: ``lax.conv_general_dilated``, as ``nn.Conv`` does.
+  * ``"space_to_depth"``: ``space_to_depth_conv``, the same convolution on
+    the 2x2 space-to-depth of the input with 4x the channels (for even height
+    and width; odd sizes fall back to ``"xla"``).
+
+  Attributes:
+    features: output channels.
+    kernel_size: the odd kernel side.
+    impl: "xla" or "space_to_depth".
+    dtype: computation dtype.
+  """
+
+  features: int
+  kernel_size: int
+  impl: str = "xla"
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    _check_impl(self.impl, CONV_IMPLS, "conv")
+    k = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if self.impl == "space_to_depth" and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+      return space_to_depth_conv(x, kernel) + bias
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias
+
+
+class DownConv2x(nn.Module):
+  """A 4x4 stride-2 convolution with padding 1 that halves height and width.
+
+  Same parameters as ``nn.Conv(features, (4, 4), strides=(2, 2),
+  padding=((1, 1), (1, 1)))``, computed as ``lax.conv_general_dilated``
+  (``"xla"``) or as ``space_to_depth_downconv`` (``"space_to_depth"``: four
+  shifted copies of the padded input's space-to-depth and one matmul; even
+  height and width, else ``"xla"``).
+
+  Attributes:
+    features: output channels.
+    impl: "xla" or "space_to_depth".
+    dtype: computation dtype.
+  """
+
+  features: int
+  impl: str = "xla"
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    _check_impl(self.impl, CONV_IMPLS, "downsample")
+    kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if self.impl == "space_to_depth" and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+      return space_to_depth_downconv(x, kernel) + bias
+    y = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias
 
 
 def subpixel_phase_kernels(kernel: jax.Array) -> jax.Array:
@@ -91,3 +172,79 @@ def subpixel_upconv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   taps = [padded[:, a:a + h + 1, b:b + w + 1, :] for a in (0, 1) for b in (0, 1)]
   y = jnp.concatenate(taps, axis=-1) @ subpixel_phase_kernels(kernel).reshape(4 * cin, 4 * cout)
   return interleave_phases(y, cout)
+
+
+def space_to_depth(x: jax.Array) -> jax.Array:
+  """``[n, 2h, 2w, c]`` -> ``[n, h, w, 4 * c]``.
+
+  Channel ``(p * 2 + q) * c + k`` of pixel ``(m, n)`` is channel ``k`` of
+  pixel ``(2m + p, 2n + q)``.
+  """
+  n, h, w, c = x.shape
+  x = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h // 2, w // 2, 4 * c)
+
+
+def depth_to_space(y: jax.Array) -> jax.Array:
+  """The inverse of ``space_to_depth``: ``[n, h, w, 4 * c]`` -> ``[n, 2h, 2w, c]``."""
+  n, h, w, c4 = y.shape
+  y = y.reshape(n, h, w, 2, 2, c4 // 4).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(n, 2 * h, 2 * w, c4 // 4)
+
+
+def space_to_depth_kernel(kernel: jax.Array) -> jax.Array:
+  """A stride-1 "SAME" ``k x k`` kernel (odd ``k``) -> its ``[t, t, 4 in, 4 out]`` coarse form.
+
+  Fine output row ``2i + p`` reads fine input rows ``2i + p - r .. 2i + p + r``
+  (``r = k // 2``); in space-to-depth coordinates that is coarse row ``i + d``,
+  phase ``q``, with fine offset ``2d + q - p``, so tap ``d`` of the coarse
+  kernel from input phase ``q`` to output phase ``p`` is fine tap
+  ``2d + q - p + r`` (zero where that falls outside the kernel), with
+  ``|d| <= (r + 1) // 2`` and ``t = 2 * ((r + 1) // 2) + 1``.
+  """
+  k, k2, cin, cout = kernel.shape
+  if k != k2 or k % 2 == 0:
+    raise ValueError(f"space_to_depth_kernel needs a square odd kernel, got {kernel.shape[:2]}.")
+  r, reach = k // 2, (k // 2 + 1) // 2
+  d = np.arange(-reach, reach + 1)
+  # fine[d, q, p] = 2d + q - p + r, the fine tap, or -1 outside the kernel.
+  fine = 2 * d[:, None, None] + np.arange(2)[None, :, None] - np.arange(2)[None, None, :] + r
+  fine = np.where((fine >= 0) & (fine < k), fine, k)  # index k: the zero row appended below
+  padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+  # [dy, qy, py, dx, qx, px, in, out] -> [dy, dx, (qy, qx, in), (py, px, out)].
+  taps = padded[fine[:, :, :, None, None, None], fine[None, None, None, :, :, :]]
+  taps = taps.transpose(0, 3, 1, 4, 6, 2, 5, 7)
+  t = 2 * reach + 1
+  return taps.reshape(t, t, 4 * cin, 4 * cout)
+
+
+def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A stride-1 "SAME" convolution (odd square kernel) computed at half resolution.
+
+  ``depth_to_space(conv(space_to_depth(x), space_to_depth_kernel(kernel)))``:
+  the same function as ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME")``
+  for even height and width, with 4x the channels on a quarter of the pixels,
+  which suits GPU convolution kernels better when ``in`` or ``out`` has only a
+  few channels (the CAE's 9x9 stem, 3 -> 64, and output layer, 64 -> 3).
+  """
+  coarse = space_to_depth_kernel(kernel)
+  reach = coarse.shape[0] // 2
+  y = jax.lax.conv_general_dilated(space_to_depth(x), coarse, (1, 1), ((reach, reach),) * 2,
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return depth_to_space(y)
+
+
+def space_to_depth_downconv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A 4x4 stride-2 convolution with padding 1, as four shifted copies and one matmul.
+
+  Output pixel ``m`` reads padded input rows ``2m .. 2m + 3``, which are
+  coarse rows ``m`` and ``m + 1`` of the padded input's space-to-depth: a 2x2
+  "VALID" convolution there, computed like ``subpixel_upconv``'s.
+  """
+  n, h, w, cin = x.shape
+  cout = kernel.shape[-1]
+  xs = space_to_depth(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
+  taps = [xs[:, a:a + h // 2, b:b + w // 2, :] for a in (0, 1) for b in (0, 1)]
+  # kernel[2a + p, 2b + q, c] -> row ((a, b), (p, q), c) of the matmul.
+  ws = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+  return jnp.concatenate(taps, axis=-1) @ ws.reshape(16 * cin, cout)
