@@ -85,15 +85,19 @@ class Checkpointer:
     Saves run in the background; ``wait`` blocks until they are on disk.
     """
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
-    # The two managers' background saves must not overlap: across processes
-    # they synchronise on barriers of the same names.
-    self._best.wait_until_finished()
+    # Across processes the two managers' background saves must not overlap:
+    # they synchronise on barriers of the same names. One process has no
+    # barriers, and both saves write while training goes on.
+    serialise = jax.process_count() > 1
+    if serialise:
+      self._best.wait_until_finished()
     self._latest.save(step, args=ocp.args.StandardSave(state), metrics=metrics or None)
     value = metrics.get(self._best_metric)
     if value is not None and value > self._best_value:
       self._best_value = value
       self._best_step = step
-      self._latest.wait_until_finished()
+      if serialise:
+        self._latest.wait_until_finished()
       self._best.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
 
   def _restore_newest(self, manager: ocp.CheckpointManager, state: Any) -> Any | None:

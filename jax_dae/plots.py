@@ -41,15 +41,21 @@ def save_sample_grid(path: str | os.PathLike, corrupted: np.ndarray, reconstruct
   save_png(Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid), Path(path))
 
 
+def prepare() -> None:
+  """Imports Matplotlib with the Agg backend (about a second), e.g. on a background thread."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot  # noqa: F401
+
+
 @contextlib.contextmanager
 def figure(path: str | os.PathLike, *, ncols: int = 1, figsize=(5, 3.2), dpi: int = 110):
   """Yields ``(fig, axes)`` of a new Matplotlib figure, then writes it to ``path`` atomically.
 
   ``axes`` is one ``Axes`` for ``ncols=1``, else an array of them.
   """
-  import matplotlib
-
-  matplotlib.use("Agg")
+  prepare()
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, ncols, figsize=figsize, dpi=dpi)

@@ -418,6 +418,16 @@ def _check_finite(step_metrics: Mapping[str, np.ndarray], first_step: int) -> No
       )
 
 
+def shape_spec(tree: Any) -> Any:
+  """Each array's shape, dtype and sharding: what lowering needs, without the buffers.
+
+  Compiles that run on another thread take this rather than the state, whose
+  buffers the train loop donates.
+  """
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      tree)
+
+
 class _DeviceFeed:
   """Training data resident on the devices; the compiled loop gathers each batch."""
 
@@ -501,10 +511,7 @@ class _DeviceEvaluator:
     Started before training, the compile overlaps it instead of stalling the
     first evaluation; the first call waits for it if it has not finished.
     """
-    evaluate = self._evaluate
-    # Shapes and shardings only: the train loop donates the state's buffers.
-    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                        state)
+    evaluate, spec = self._evaluate, shape_spec(state)
     self._evaluate = executor.submit(
         lambda: evaluate.lower(spec, self._images, self._key).compile())
 
@@ -676,13 +683,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            for name, c in test_corruptions.items()}
   logging.info("Training data placement: %s.", placement)
 
-  # The evaluations compile on a background thread, overlapping the train
-  # loop's compile and the first epoch instead of stalling the first
-  # validation (XLA's compile releases the GIL; only tracing holds it).
+  # The first images of the validation and test splits, shown after every
+  # epoch and at the end: corrupted as the evaluation corrupts them.
+  reconstruct = jax.jit(make_reconstruct(corrupt=corrupt))
+  sample_inputs = {}
+  for split in ("val", "test"):
+    clean = np.asarray(splits[split][: config.train.num_samples])
+    keys = corruptions.example_keys(eval_key, jnp.arange(len(clean)))
+    sample_inputs[split] = clean, distributed.replicate(clean, replicated), keys
+
+  # The evaluations and the sample reconstruction compile on a background
+  # thread, overlapping the train loop's compile and the first epoch instead
+  # of stalling the first validation (XLA's compile releases the GIL; only
+  # tracing holds it).
   compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                    thread_name_prefix="compile_eval")
   for evaluate in (*evaluators.values(), *corruption_evaluators.values()):
     evaluate.compile_in_background(state, compiler)
+  reconstructors = {}  # by the samples' shape: one compile when both splits have 8
+  for clean, on_device, keys in sample_inputs.values():
+    if clean.shape not in reconstructors:
+      reconstructors[clean.shape] = compiler.submit(
+          lambda args: reconstruct.lower(*args).compile(), (shape_spec(state), on_device, keys))
   compiler.shutdown(wait=False)
   # Compile ahead of time so compile time is measured apart from training.
   t0 = time.time()
@@ -691,14 +713,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("Compiled the train loop in %.1f s.", compile_s)
 
   writer = writers.MetricWriter(workdir, active=main_process)
-  reconstruct = jax.jit(make_reconstruct(corrupt=corrupt))
+  # Pictures are encoded and written on this thread while training goes on.
+  pictures = writers.Background("pictures")
+  if main_process:
+    pictures.submit(plots.prepare)  # Matplotlib's import, off the critical path.
 
   def samples(state, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A split's first images: corrupted as the evaluation corrupts them, reconstructed, clean."""
-    clean = np.asarray(splits[split][: config.train.num_samples])
-    keys = corruptions.example_keys(eval_key, jnp.arange(len(clean)))
+    clean, on_device, keys = sample_inputs[split]
     noisy, recon = distributed.to_host(
-        reconstruct(state, distributed.replicate(clean, replicated), keys))
+        reconstructors[clean.shape].result()(state, on_device, keys))
     return noisy, recon, clean
 
   def stop_early(epochs_done: int) -> bool:
@@ -748,8 +772,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with clock("samples"):
       noisy, recon, clean = samples(state, "val")
       if main_process:
-        plots.save_sample_grid(workdir / "samples" / f"epoch_{epoch + 1:03d}.png",
-                               noisy, recon, clean / 255.0)
+        pictures.submit(plots.save_sample_grid, workdir / "samples" / f"epoch_{epoch + 1:03d}.png",
+                        noisy, recon, clean / 255.0)
   with clock("checkpoint"):
     ckpt.wait()
   feed.close()
@@ -788,9 +812,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with clock("samples"):
     noisy, recon, test_faces = samples(state, "test")
     if main_process and len(test_faces):
-      plots.save_sample_grid(workdir / "samples" / "test.png", noisy, recon, test_faces / 255.0)
-      writers.save_npz(workdir / "test_samples.npz", corrupted=plots.to_uint8(noisy),
-                       reconstructed=plots.to_uint8(recon), clean=test_faces)
+      pictures.submit(plots.save_sample_grid, workdir / "samples" / "test.png", noisy, recon,
+                      test_faces / 255.0)
+      pictures.submit(writers.save_npz, workdir / "test_samples.npz",
+                      corrupted=plots.to_uint8(noisy), reconstructed=plots.to_uint8(recon),
+                      clean=test_faces)
 
   results = {
       "config": config.to_dict(),
@@ -821,8 +847,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.write_scalars(int(state.step), {f"test/{k}": v for k, v in test.items()})
   writer.close()
   if main_process:
+    pictures.submit(plots.save_curves, workdir / "metrics.jsonl", workdir / "curves.png")
+  pictures.close()  # Every picture is on disk before results.json says the run is done.
+  if main_process:
     writers.write_json(workdir / "results.json", results)
-    plots.save_curves(workdir / "metrics.jsonl", workdir / "curves.png")
   logging.info("test: PSNR %.2f dB, SSIM %.4f (corrupted input %.2f / %.4f); %s",
                test["psnr"], test["ssim"], test["input_psnr"], test["input_ssim"],
                workdir / "results.json")
