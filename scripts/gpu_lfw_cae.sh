@@ -6,7 +6,8 @@
 # (.whl/: dm-pix, ml-collections, tensorboardX). Writes the run's results,
 # curves, samples and log under $OUT. Times, in order: building the data cache
 # (once), then the command from start to results.json with a cold XLA
-# compilation cache, then the same command again with the cache warm.
+# compilation cache, then the same command again with the cache warm; with
+# ALSO_BF16=1, then the command with --config.model.dtype=bfloat16 and a cold cache.
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 EXTRA=("$@")
@@ -26,10 +27,10 @@ print({k: v.shape for k, v in data.load(c.data).items()})
 PY
 echo "data cache built in $(python3 -c "import time; print(round(time.time() - $t0, 1))") s" | tee -a "$OUT/timing.txt"
 
-run() {  # run NAME XLA_CACHE_DIR
+run() {  # run NAME XLA_CACHE_DIR [FLAGS...]
   local t0; t0=$(date +%s.%N)
   python3 -m jax_dae.main --config=configs/lfw_cae.py --workdir="/tmp/$1" \
-    --config.data.dir=.carry/data --compilation_cache="$2" "${EXTRA[@]}" 2>&1 \
+    --config.data.dir=.carry/data --compilation_cache="$2" "${EXTRA[@]}" "${@:3}" 2>&1 \
     | tr '\r' '\n' | grep -v -E '^\s*$' > "$OUT/$1.log" || { tail -50 "$OUT/$1.log"; exit 1; }
   echo "$1: command to results.json $(python3 -c "import time; print(round(time.time() - $t0, 1))") s" | tee -a "$OUT/timing.txt"
 }
@@ -39,4 +40,7 @@ cp /tmp/cold/curves.png "$OUT/curves.png"
 cp "$(ls /tmp/cold/samples/*.png | tail -1)" "$OUT/samples_last.png"
 cp /tmp/cold/metrics.jsonl "$OUT/metrics.jsonl"
 run warm /tmp/xla_cache
+if [[ "${ALSO_BF16:-0}" == 1 ]]; then
+  run cold_bf16 /tmp/xla_cache_bf16 --config.model.dtype=bfloat16
+fi
 grep -E "epoch [0-9]+:|test:|Compiled" "$OUT/cold.log" || true
