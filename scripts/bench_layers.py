@@ -130,6 +130,9 @@ LAYERS: dict[str, tuple] = {
         "im2col": conv_im2col,
         "space_to_depth": layers.space_to_depth_conv,
     }),
+    "vgg_conv1_1_3to64_224": ((224, 224, 3), (3, 3, 3, 64), True, conv, {
+        "space_to_depth": layers.space_to_depth_conv,
+    }),
     "up_128to64_56": ((56, 56, 128), (4, 4, 128, 64), True, up_transpose, {
         "subpixel": up_subpixel,
         "subpixel_im2col": up_subpixel_im2col,
