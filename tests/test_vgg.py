@@ -259,21 +259,3 @@ def test_max_pool_2x2_equals_flax_max_pool_values_and_gradients():
   grads = [jax.grad(lambda v, f=f: jnp.sum(f(v) * weights))(x)
            for f in (vgg.max_pool_2x2, reference)]
   np.testing.assert_array_equal(grads[0], grads[1])
-
-
-def test_first_conv_forms_compute_the_same_features():
-  """conv1_1 in its space-to-depth form: same parameters, same features and input gradient."""
-  x = jax.random.uniform(jax.random.key(2), (2, 16, 20, 3))
-  ref = vgg.VGG16Features(layers=("relu1_2",), first_conv="xla")
-  s2d = vgg.VGG16Features(layers=("relu1_2",), first_conv="space_to_depth")
-  params = ref.init(jax.random.key(0), x)
-  assert jax.tree.structure(s2d.init(jax.random.key(0), x)) == jax.tree.structure(params)
-
-  def energy(net, x):
-    return jnp.sum(net.apply(params, x)["relu1_2"] ** 2)
-
-  with jax.default_matmul_precision("highest"):
-    np.testing.assert_allclose(s2d.apply(params, x)["relu1_2"], ref.apply(params, x)["relu1_2"],
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(jax.grad(functools.partial(energy, s2d))(x),
-                               jax.grad(functools.partial(energy, ref))(x), rtol=1e-4, atol=1e-4)

@@ -82,14 +82,12 @@ class SameConv(nn.Module):
     kernel_size: the odd kernel side.
     impl: "xla" or "space_to_depth".
     dtype: computation dtype.
-    precision: ``lax`` precision of the convolution (``None``: JAX's default).
   """
 
   features: int
   kernel_size: int
   impl: str = "xla"
   dtype: Any = jnp.float32
-  precision: Any = None
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
 
@@ -102,8 +100,8 @@ class SameConv(nn.Module):
     bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     if self.impl == "space_to_depth" and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
-      return space_to_depth_conv(x, kernel, precision=self.precision) + bias
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", precision=self.precision,
+      return space_to_depth_conv(x, kernel) + bias
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias
 
@@ -220,21 +218,22 @@ def space_to_depth_kernel(kernel: jax.Array) -> jax.Array:
   return taps.reshape(t, t, 4 * cin, 4 * cout)
 
 
-def space_to_depth_conv(x: jax.Array, kernel: jax.Array, *, precision: Any = None) -> jax.Array:
+def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """A stride-1 "SAME" convolution (odd square kernel) computed at half resolution.
 
   ``depth_to_space(conv(space_to_depth(x), space_to_depth_kernel(kernel)))``:
   the same function as ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME")``
   for even height and width, with 4x the channels on a quarter of the pixels,
   which suits GPU convolution kernels better when ``in`` or ``out`` has only a
-  few channels (the CAE's 9x9 stem, 3 -> 64, and output layer, 64 -> 3; VGG's
-  first 3x3 convolution, 3 -> 64). The coarse kernel has
-  ``4 (t / k)**2`` times the multiplications (1.23x for ``k = 9``, 4x for 3).
+  few channels (the CAE's 9x9 stem, 3 -> 64, and output layer, 64 -> 3). The
+  coarse kernel has ``4 (t / k)**2`` times the multiplications: 1.23x for
+  ``k = 9``, but 4x for ``k = 3``, where it measured no faster than cuDNN on
+  VGG's first convolution (``scripts/bench_layers.py``).
   """
   coarse = space_to_depth_kernel(kernel)
   reach = coarse.shape[0] // 2
   y = jax.lax.conv_general_dilated(space_to_depth(x), coarse, (1, 1), ((reach, reach),) * 2,
-                                   precision=precision, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return depth_to_space(y)
 
 

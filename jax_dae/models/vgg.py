@@ -52,7 +52,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_dae import writers
-from jax_dae.models.layers import SameConv
 
 # Taps in network order; block b (0-based) ends at LAYERS[b].
 LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
@@ -123,15 +122,11 @@ class VGG16Features(nn.Module):
     dtype: computation dtype (the weights stay float32).
     precision: ``lax`` precision of the convolutions (``None``: JAX default;
       ``jax.lax.Precision.HIGHEST`` forbids TF32 on GPUs).
-    first_conv: how conv1_1 (3 -> 64 channels at full size) is computed,
-      "xla" or "space_to_depth" (``layers.SameConv``): same function and
-      parameters; cuDNN's kernels are slow with 3 input channels.
   """
 
   layers: Sequence[str] = LAYERS
   dtype: Any = jnp.float32
   precision: Any = None
-  first_conv: str = "space_to_depth"
 
   @nn.compact
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
@@ -148,9 +143,8 @@ class VGG16Features(nn.Module):
       if b:
         x = max_pool_2x2(x)
       for i in range(num_convs):
-        impl = self.first_conv if (b, i) == (0, 0) else "xla"
-        x = SameConv(width, 3, impl=impl, dtype=self.dtype, precision=self.precision,
-                     name=f"conv{b + 1}_{i + 1}")(x)
+        x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                    precision=self.precision, name=f"conv{b + 1}_{i + 1}")(x)
         x = nn.relu(x)
       if LAYERS[b] in layers:
         features[LAYERS[b]] = x
