@@ -5,8 +5,13 @@ Layout under a run's ``checkpoints/`` folder::
     latest/<step>/   the newest ``max_to_keep`` states, one per epoch (resume)
     best/<step>/     the state with the highest validation metric (inference)
 
-Orbax writes each checkpoint to a temporary folder and renames it when
-complete, so an interrupted save is never listed as a checkpoint. A listed
+In one process, ``save`` returns at once: the state is copied on its devices
+(the train loop donates the original's buffers) and handed to a background
+thread, which runs Orbax's saves in order while training goes on. Across
+processes Orbax synchronises them with device computations, so there the
+saves start on the calling thread, in the train loop's order. Orbax writes
+each checkpoint to a temporary folder and renames it when complete, so an
+interrupted save is never listed as a checkpoint. A listed
 checkpoint that cannot be read (damaged on disk) is skipped, with a warning
 naming it, for the previous one.
 """
@@ -22,6 +27,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from jax_dae import writers
 
 
 def _manager(directory: Path, **options) -> ocp.CheckpointManager:
@@ -71,6 +78,7 @@ class Checkpointer:
     metrics = self._best.metrics(steps[-1]) if steps else None
     self._best_value = metrics[best_metric] if metrics else -float("inf")
     self._best_step = steps[-1] if steps else None
+    self._writer = writers.Background("checkpoint")
 
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
@@ -85,22 +93,35 @@ class Checkpointer:
     Saves run in the background; ``wait`` blocks until they are on disk.
     """
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
+    value = metrics.get(self._best_metric)
+    is_best = value is not None and value > self._best_value
+    if is_best:
+      self._best_value = value
+      self._best_step = step
+    if jax.process_count() > 1:
+      # Orbax synchronises processes with device computations, which must run
+      # in the same order as the train loop's in every process: this thread.
+      self._write(step, state, metrics, is_best)
+      return
+    # Fresh buffers: the caller may donate ``state``'s to its next step.
+    copy = jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)
+    self._writer.submit(self._write, step, copy, metrics, is_best)
+
+  def _write(self, step: int, state: Any, metrics: dict[str, float], is_best: bool) -> None:
     # Across processes the two managers' background saves must not overlap:
     # they synchronise on barriers of the same names. One process has no
-    # barriers, and both saves write while training goes on.
+    # barriers, and both saves write at once.
     serialise = jax.process_count() > 1
     if serialise:
       self._best.wait_until_finished()
     self._latest.save(step, args=ocp.args.StandardSave(state), metrics=metrics or None)
-    value = metrics.get(self._best_metric)
-    if value is not None and value > self._best_value:
-      self._best_value = value
-      self._best_step = step
+    if is_best:
       if serialise:
         self._latest.wait_until_finished()
       self._best.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
 
   def _restore_newest(self, manager: ocp.CheckpointManager, state: Any) -> Any | None:
+    self.wait()  # Our own saves first.
     for step in sorted(manager.all_steps(), reverse=True):
       try:
         restored = manager.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
@@ -126,10 +147,14 @@ class Checkpointer:
     return self.restore_latest(state) if restored is None else restored
 
   def wait(self) -> None:
-    """Blocks until pending saves are on disk."""
+    """Blocks until pending saves are on disk; raises a failed save's error."""
+    self._writer.wait()
     self._latest.wait_until_finished()
     self._best.wait_until_finished()
 
   def close(self) -> None:
-    self._latest.close()
-    self._best.close()
+    try:
+      self._writer.close()
+    finally:
+      self._latest.close()
+      self._best.close()

@@ -61,7 +61,8 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_then_rerun_is_bit_identical(shared
   killed = _run(args, fault="write:3")
   assert killed.returncode == -signal.SIGKILL
   assert not (faulty / "results.json").exists()
-  # Killed right after the 2nd checkpoint save started: epoch 2's write is torn.
+  # Killed right after the 2nd checkpoint save was handed to the writer thread:
+  # epoch 2's write is torn or not begun.
   killed = _run(args, fault="save:1")  # resumes at step 4; its first save is epoch 2's
   assert killed.returncode == -signal.SIGKILL
   finished = _run(args)
@@ -150,3 +151,24 @@ def test_cli_reports_config_error_in_one_line_without_traceback(tmp_path):
   assert result.returncode == 1
   assert "Traceback" not in result.stderr
   assert "error: config.model.name='Nope' is unknown" in result.stderr
+
+
+def test_background_save_survives_the_callers_buffers_being_donated(tmp_path):
+  """save() returns before writing; the train loop then donates (frees) the state's buffers."""
+  config = lfw_cae.get_config("runlocal")
+  model = train.create_model(config)
+  state = train.init_state(model, train.create_optimizer(config), (16, 16, 3),
+                           jax.random.key(0)).replace(step=jax.numpy.asarray(3))
+  want = jax.device_get(state)
+  ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
+  ckpt.save(3, state, metrics={"psnr": 20.0})
+  assert ckpt.best_step() == 3  # The bookkeeping is done when save() returns.
+  for leaf in jax.tree.leaves(state):
+    leaf.delete()  # What donation does to the caller's buffers.
+  ckpt.wait()
+  ckpt.close()
+  template = jax.tree.map(jax.numpy.asarray, want)
+  for which in ("restore_latest", "restore_best"):
+    got = getattr(checkpoint.Checkpointer(tmp_path / "ckpt"), which)(template)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_array_equal(x, y)
