@@ -70,6 +70,9 @@ class CAE(nn.Module):
     downsample: how the stride-2 encoder convolutions are computed, "xla" or
       "space_to_depth" (``layers.DownConv2x``); same function and parameters.
   """
+  # Defaults: the forms measured fastest on an H100 (docs/benchmarks.md). The
+  # space-to-depth 9x9 convolutions took CAE mse b64 bf16 from 7,684 to 11,802
+  # img/s; the space-to-depth down-convolutions were slower in every row.
 
   encoder_features: Sequence[int] = (64, 64, 128, 256)
   decoder_features: Sequence[int] = (256, 128, 64)
@@ -78,7 +81,6 @@ class CAE(nn.Module):
   out_channels: int = 3
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
-  # "subpixel" measured faster on an H100 (docs/benchmarks.md); same results.
   upsample: str = "subpixel"
   full_res_conv: str = "space_to_depth"
   downsample: str = "xla"
