@@ -63,12 +63,12 @@ def _loop_conv_reference(x, kernel, bias, stride, pad):
 
 _CONV_CASES = {
     # name: (layer, the nn.Conv it replaces, stride, padding, input shape)
-    "same9_3to5": (lambda impl: SameConv(5, 9, impl=impl), nn.Conv(5, (9, 9), padding="SAME"), 1,
-                   4, (2, 10, 12, 3)),
-    "same9_6to3": (lambda impl: SameConv(3, 9, impl=impl), nn.Conv(3, (9, 9), padding="SAME"), 1,
-                   4, (2, 12, 10, 6)),
-    "same3_odd_size": (lambda impl: SameConv(4, 3, impl=impl), nn.Conv(4, (3, 3), padding="SAME"),
-                       1, 1, (1, 7, 9, 2)),
+    "same9_3to5": (lambda impl: SameConv(5, kernel_size=9, impl=impl),
+                   nn.Conv(5, (9, 9), padding="SAME"), 1, 4, (2, 10, 12, 3)),
+    "same9_6to3": (lambda impl: SameConv(3, kernel_size=9, impl=impl),
+                   nn.Conv(3, (9, 9), padding="SAME"), 1, 4, (2, 12, 10, 6)),
+    "same3_odd_size": (lambda impl: SameConv(4, kernel_size=3, impl=impl),
+                       nn.Conv(4, (3, 3), padding="SAME"), 1, 1, (1, 7, 9, 2)),
     "down_4to6": (lambda impl: DownConv2x(6, impl=impl),
                   nn.Conv(6, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1))), 2, 1,
                   (2, 8, 12, 4)),

@@ -94,8 +94,8 @@ class CAE(nn.Module):
     norm = self._norm(train)
     # Explicit names keep the parameter tree of nn.Conv layers: Conv_0 .. Conv_{n}.
     first, *rest = self.encoder_features
-    x = SameConv(first, self.stem_kernel, impl=self.full_res_conv, dtype=self.dtype,
-                 name="Conv_0")(x)
+    x = SameConv(first, kernel_size=self.stem_kernel, impl=self.full_res_conv,
+                 dtype=self.dtype, name="Conv_0")(x)
     x = nn.relu(norm()(x))
     for i, features in enumerate(rest, start=1):
       x = DownConv2x(features, impl=self.downsample, dtype=self.dtype, name=f"Conv_{i}")(x)
@@ -111,8 +111,8 @@ class CAE(nn.Module):
     for i, features in enumerate(self.decoder_features):
       z = UpConv2x(features, impl=self.upsample, dtype=self.dtype, name=f"ConvTranspose_{i}")(z)
       z = nn.relu(norm()(z))
-    out = SameConv(self.out_channels, self.stem_kernel, impl=self.full_res_conv, dtype=self.dtype,
-                   name=f"Conv_{len(self.encoder_features)}")
+    out = SameConv(self.out_channels, kernel_size=self.stem_kernel, impl=self.full_res_conv,
+                   dtype=self.dtype, name=f"Conv_{len(self.encoder_features)}")
     return jnp.tanh(out(z))
 
   @nn.compact

@@ -18,7 +18,43 @@ def _check_impl(impl: str, allowed: tuple[str, ...], what: str) -> None:
     raise ValueError(f"{what} impl {impl!r} is unknown; allowed: {', '.join(allowed)}.")
 
 
-class UpConv2x(nn.Module):
+class _ConvLayer(nn.Module):
+  """Fields and parameters shared by the convolution layers below.
+
+  Attributes:
+    features: output channels.
+    impl: how the layer is computed (each layer lists its forms).
+    dtype: computation dtype (the parameters stay float32).
+  """
+
+  features: int
+  impl: str = "xla"
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+
+  def _params(self, x: jax.Array, kernel_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Declares ``kernel [k, k, in, features]`` and ``bias`` as ``nn.Conv`` does.
+
+    Returns ``x``, the kernel and the bias in ``dtype``.
+    """
+    k = kernel_size
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    return nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _even_size(x: jax.Array) -> bool:
+  return x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
+
+
+class UpConv2x(_ConvLayer):
   """A 4x4 stride-2 transposed convolution that doubles height and width.
 
   Equal to PyTorch's ``ConvTranspose2d(kernel_size=4, stride=2, padding=1)``
@@ -39,25 +75,15 @@ class UpConv2x(nn.Module):
     up-convolution 7x faster than XLA's convolution of either form
     (``scripts/bench_layers.py``, docs/benchmarks.md).
 
-  Attributes:
-    features: output channels.
-    impl: "transpose" or "subpixel".
-    dtype: computation dtype.
+  ``impl`` is "transpose" or "subpixel"; see ``_ConvLayer`` for the rest.
   """
 
-  features: int
   impl: str = "transpose"
-  dtype: Any = jnp.float32
-  kernel_init: Any = nn.initializers.lecun_normal()
-  bias_init: Any = nn.initializers.zeros_init()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_impl(self.impl, UPSAMPLE_IMPLS, "upsample")
-    cin = x.shape[-1]
-    kernel = self.param("kernel", self.kernel_init, (4, 4, cin, self.features), jnp.float32)
-    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel, bias = self._params(x, 4)
     if self.impl == "transpose":
       y = jax.lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)),
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -65,7 +91,7 @@ class UpConv2x(nn.Module):
     return subpixel_upconv(x, kernel) + bias
 
 
-class SameConv(nn.Module):
+class SameConv(_ConvLayer):
   """A stride-1 "SAME" convolution with an odd square kernel, like ``nn.Conv``.
 
   Same parameters as ``nn.Conv(features, (k, k), padding="SAME")`` (``kernel``
@@ -77,68 +103,40 @@ class SameConv(nn.Module):
     the 2x2 space-to-depth of the input with 4x the channels (for even height
     and width; odd sizes fall back to ``"xla"``).
 
+  ``impl`` is "xla" or "space_to_depth"; see ``_ConvLayer`` for the rest.
+
   Attributes:
-    features: output channels.
-    kernel_size: the odd kernel side.
-    impl: "xla" or "space_to_depth".
-    dtype: computation dtype.
+    kernel_size: the odd kernel side (keyword: it follows the shared fields).
   """
 
-  features: int
-  kernel_size: int
-  impl: str = "xla"
-  dtype: Any = jnp.float32
-  kernel_init: Any = nn.initializers.lecun_normal()
-  bias_init: Any = nn.initializers.zeros_init()
+  kernel_size: int = 3
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_impl(self.impl, CONV_IMPLS, "conv")
-    k = self.kernel_size
-    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
-                        jnp.float32)
-    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if self.impl == "space_to_depth" and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+    x, kernel, bias = self._params(x, self.kernel_size)
+    if self.impl == "space_to_depth" and _even_size(x):
       return space_to_depth_conv(x, kernel) + bias
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias
+    return _xla_conv(x, kernel, 1, "SAME") + bias
 
 
-class DownConv2x(nn.Module):
+class DownConv2x(_ConvLayer):
   """A 4x4 stride-2 convolution with padding 1 that halves height and width.
 
   Same parameters as ``nn.Conv(features, (4, 4), strides=(2, 2),
   padding=((1, 1), (1, 1)))``, computed as ``lax.conv_general_dilated``
   (``"xla"``) or as ``space_to_depth_downconv`` (``"space_to_depth"``: four
   shifted copies of the padded input's space-to-depth and one matmul; even
-  height and width, else ``"xla"``).
-
-  Attributes:
-    features: output channels.
-    impl: "xla" or "space_to_depth".
-    dtype: computation dtype.
+  height and width, else ``"xla"``). See ``_ConvLayer`` for the fields.
   """
-
-  features: int
-  impl: str = "xla"
-  dtype: Any = jnp.float32
-  kernel_init: Any = nn.initializers.lecun_normal()
-  bias_init: Any = nn.initializers.zeros_init()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_impl(self.impl, CONV_IMPLS, "downsample")
-    kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features),
-                        jnp.float32)
-    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if self.impl == "space_to_depth" and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+    x, kernel, bias = self._params(x, 4)
+    if self.impl == "space_to_depth" and _even_size(x):
       return space_to_depth_downconv(x, kernel) + bias
-    y = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias
+    return _xla_conv(x, kernel, 2, ((1, 1), (1, 1))) + bias
 
 
 def subpixel_phase_kernels(kernel: jax.Array) -> jax.Array:
@@ -232,9 +230,7 @@ def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """
   coarse = space_to_depth_kernel(kernel)
   reach = coarse.shape[0] // 2
-  y = jax.lax.conv_general_dilated(space_to_depth(x), coarse, (1, 1), ((reach, reach),) * 2,
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return depth_to_space(y)
+  return depth_to_space(_xla_conv(space_to_depth(x), coarse, 1, ((reach, reach),) * 2))
 
 
 def space_to_depth_downconv(x: jax.Array, kernel: jax.Array) -> jax.Array:
