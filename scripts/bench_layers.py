@@ -89,15 +89,9 @@ def down_conv(x, w):
 
 
 def down_space_to_depth(x, w):
-  """The 4x4/2 conv as a 2x2/1 conv over the 2x2 space-to-depth of the padded input."""
-  n, h, wd, cin = x.shape
-  cout = w.shape[-1]
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  hp, wp = (h + 2) // 2, (wd + 2) // 2
-  xs = xp.reshape(n, hp, 2, wp, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp, wp, 4 * cin)
-  # w[2a + p, 2b + q] -> ws[a, b, (p, q, c)].
-  ws = w.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * cin, cout)
-  return conv(xs, ws, 1, "VALID")
+  """The 4x4/2 conv as a 2x2/1 XLA conv over the 2x2 space-to-depth of the padded input."""
+  xs = layers.space_to_depth(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
+  return conv(xs, layers.downconv_phase_kernel(w), 1, "VALID")
 
 
 def up_transpose(x, w):

@@ -161,15 +161,27 @@ def interleave_phases(y: jax.Array, features: int) -> jax.Array:
   return out.reshape(n, 2 * h, 2 * w, features)
 
 
+def conv2x2_as_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A 2x2 "VALID" convolution, ``[n, h, w, in]`` -> ``[n, h - 1, w - 1, out]``.
+
+  Computed as the four shifted copies of ``x`` side by side (tap ``(a, b)``
+  reads ``x[m + a, n + b]``) and one matmul with ``kernel`` ``[2, 2, in, out]``,
+  which XLA sends to cuBLAS.
+  """
+  _, h, w, cin = x.shape
+  taps = [x[:, a:a + h - 1, b:b + w - 1, :] for a in (0, 1) for b in (0, 1)]
+  return jnp.concatenate(taps, axis=-1) @ kernel.reshape(4 * cin, kernel.shape[-1])
+
+
+def _pad1(x: jax.Array) -> jax.Array:
+  """One zero pixel around height and width."""
+  return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
 def subpixel_upconv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """``UpConv2x``'s "subpixel" form without bias: shifted copies, one matmul, interleave."""
-  _, h, w, cin = x.shape
-  cout = kernel.shape[-1]
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  # The 2x2 "VALID" convolution: tap (a, b) reads padded[m + a, n + b].
-  taps = [padded[:, a:a + h + 1, b:b + w + 1, :] for a in (0, 1) for b in (0, 1)]
-  y = jnp.concatenate(taps, axis=-1) @ subpixel_phase_kernels(kernel).reshape(4 * cin, 4 * cout)
-  return interleave_phases(y, cout)
+  y = conv2x2_as_matmul(_pad1(x), subpixel_phase_kernels(kernel))
+  return interleave_phases(y, kernel.shape[-1])
 
 
 def space_to_depth(x: jax.Array) -> jax.Array:
@@ -233,17 +245,22 @@ def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return depth_to_space(_xla_conv(space_to_depth(x), coarse, 1, ((reach, reach),) * 2))
 
 
+def downconv_phase_kernel(kernel: jax.Array) -> jax.Array:
+  """A 4x4 stride-2 kernel ``[4, 4, in, out]`` -> its ``[2, 2, 4 in, out]`` space-to-depth form.
+
+  ``kernel[2a + p, 2b + q, c]`` becomes tap ``(a, b)``, input channel
+  ``(p * 2 + q) * in + c`` (``space_to_depth``'s order).
+  """
+  cin, cout = kernel.shape[2:]
+  phases = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5)  # [a, b, p, q, ..]
+  return phases.reshape(2, 2, 4 * cin, cout)
+
+
 def space_to_depth_downconv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """A 4x4 stride-2 convolution with padding 1, as four shifted copies and one matmul.
 
   Output pixel ``m`` reads padded input rows ``2m .. 2m + 3``, which are
   coarse rows ``m`` and ``m + 1`` of the padded input's space-to-depth: a 2x2
-  "VALID" convolution there, computed like ``subpixel_upconv``'s.
+  "VALID" convolution there (``conv2x2_as_matmul``).
   """
-  n, h, w, cin = x.shape
-  cout = kernel.shape[-1]
-  xs = space_to_depth(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
-  taps = [xs[:, a:a + h // 2, b:b + w // 2, :] for a in (0, 1) for b in (0, 1)]
-  # kernel[2a + p, 2b + q, c] -> row ((a, b), (p, q), c) of the matmul.
-  ws = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5)
-  return jnp.concatenate(taps, axis=-1) @ ws.reshape(16 * cin, cout)
+  return conv2x2_as_matmul(space_to_depth(_pad1(x)), downconv_phase_kernel(kernel))
