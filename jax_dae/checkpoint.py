@@ -79,6 +79,8 @@ class Checkpointer:
     self._best_value = metrics[best_metric] if metrics else -float("inf")
     self._best_step = steps[-1] if steps else None
     self._writer = writers.Background("checkpoint")
+    # Several processes: saves run on the calling thread, one manager at a time.
+    self._multiprocess = jax.process_count() > 1
 
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
@@ -98,7 +100,7 @@ class Checkpointer:
     if is_best:
       self._best_value = value
       self._best_step = step
-    if jax.process_count() > 1:
+    if self._multiprocess:
       # Orbax synchronises processes with device computations, which must run
       # in the same order as the train loop's in every process: this thread.
       self._write(step, state, metrics, is_best)
@@ -111,12 +113,11 @@ class Checkpointer:
     # Across processes the two managers' background saves must not overlap:
     # they synchronise on barriers of the same names. One process has no
     # barriers, and both saves write at once.
-    serialise = jax.process_count() > 1
-    if serialise:
+    if self._multiprocess:
       self._best.wait_until_finished()
     self._latest.save(step, args=ocp.args.StandardSave(state), metrics=metrics or None)
     if is_best:
-      if serialise:
+      if self._multiprocess:
         self._latest.wait_until_finished()
       self._best.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
 

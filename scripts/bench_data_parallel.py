@@ -43,20 +43,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from jax_dae import corruptions, train  # noqa: E402
-
-
-def build(args):
-  """The row's config, model, optimizer (SGD) and train step, shared by every device count."""
-  config = benchmark.make_config(args.model, args.loss, args.per_device_batch, args.precision)
-  config.optimizer.name = "sgd"
-  image_shape = (args.image_size, args.image_size, 3)
-  model = train.create_model(config)
-  tx = train.create_optimizer(config)
-  corrupt = corruptions.parse(config.corruption, image_shape)
-  step = train.make_train_step(loss_fn=benchmark.create_loss(config), corrupt=corrupt)
-  state = jax.jit(lambda k: train.init_state(model, tx, image_shape, k))(jax.random.key(args.seed))
-  return step, jax.device_get(state)
+from jax_dae import train  # noqa: E402
 
 
 def run(step, host_state, images, *, devices: int, batch: int, steps: int):
@@ -101,9 +88,12 @@ def main(argv=None) -> dict:
     p.error(f"--devices asks for {max(counts)} devices; {jax.device_count()} are visible "
             "(run as a script, or set --xla_force_host_platform_device_count).")
 
-  step, host_state = build(args)
   big = args.per_device_batch * max(counts)
   images = benchmark.synthetic_images(4 * big, args.image_size, args.seed + 1)
+  # The benchmark's row (config, blur, loss, initial state), with SGD.
+  row = benchmark.build_jax_loop(args.model, args.loss, args.per_device_batch, args.precision,
+                                 images, args.steps, optimizer="sgd", seed=args.seed)
+  step, host_state = row["train_step"], jax.device_get(row["state"])
   print(f"{args.model} {args.loss} {args.precision} {args.image_size}px, "
         f"{args.per_device_batch} images per device, {args.steps} steps per call; "
         f"devices: {jax.devices()[0].device_kind} x {jax.device_count()}", flush=True)

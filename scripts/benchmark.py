@@ -368,10 +368,11 @@ def synthetic_images(count: int, size: int, seed: int) -> np.ndarray:
 
 
 def build_jax_loop(model_name, loss_name, batch, precision, images, steps, *, model_set=None,
-                   seed=0) -> dict[str, Any]:
+                   optimizer: str = "", seed=0) -> dict[str, Any]:
   """jax_dae's train loop of one row (not yet lowered) and its first arguments.
 
-  Also used by ``scripts/profile_step.py``, so that it profiles this very loop.
+  Also used by ``scripts/profile_step.py``, so that it profiles this very loop,
+  and by ``scripts/bench_data_parallel.py`` (with ``optimizer="sgd"``).
 
   Returns:
     A dict with ``loop`` (``train.make_train_loop`` of ``steps`` steps per
@@ -379,6 +380,8 @@ def build_jax_loop(model_name, loss_name, batch, precision, images, steps, *, mo
     fourth), and ``train_step`` and ``corrupt``.
   """
   config = make_config(model_name, loss_name, batch, precision, model_set)
+  if optimizer:
+    config.optimizer.name = optimizer
   image_shape = tuple(images.shape[1:])
   model = train.create_model(config)
   tx = train.create_optimizer(config)
