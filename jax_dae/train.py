@@ -428,6 +428,13 @@ def shape_spec(tree: Any) -> Any:
                       tree)
 
 
+def compile_on(executor: concurrent.futures.Executor, fn: Callable, state, *args
+               ) -> concurrent.futures.Future:
+  """A future of jitted ``fn`` compiled for ``(state-like, *args)`` on ``executor``'s thread."""
+  spec = shape_spec(state)
+  return executor.submit(lambda: fn.lower(spec, *args).compile())
+
+
 class _DeviceFeed:
   """Training data resident on the devices; the compiled loop gathers each batch."""
 
@@ -511,9 +518,7 @@ class _DeviceEvaluator:
     Started before training, the compile overlaps it instead of stalling the
     first evaluation; the first call waits for it if it has not finished.
     """
-    evaluate, spec = self._evaluate, shape_spec(state)
-    self._evaluate = executor.submit(
-        lambda: evaluate.lower(spec, self._images, self._key).compile())
+    self._evaluate = compile_on(executor, self._evaluate, state, self._images, self._key)
 
   def __call__(self, state) -> dict[str, float]:
     if isinstance(self._evaluate, concurrent.futures.Future):
@@ -703,8 +708,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   reconstructors = {}  # by the samples' shape: one compile when both splits have 8
   for clean, on_device, keys in sample_inputs.values():
     if clean.shape not in reconstructors:
-      reconstructors[clean.shape] = compiler.submit(
-          lambda args: reconstruct.lower(*args).compile(), (shape_spec(state), on_device, keys))
+      reconstructors[clean.shape] = compile_on(compiler, reconstruct, state, on_device, keys)
   compiler.shutdown(wait=False)
   # Compile ahead of time so compile time is measured apart from training.
   t0 = time.time()
