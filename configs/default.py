@@ -4,6 +4,8 @@ Experiments import this file and override only what differs. Every field can
 be changed on the command line, e.g. ``--config.train.batch_size=64``.
 """
 
+import difflib
+
 import ml_collections
 
 
@@ -121,20 +123,28 @@ def parse_arg(arg: str | None, **defaults):
     ``ml_collections.ConfigDict`` of every key.
 
   Raises:
-    ValueError: for a key that is not allowed, listing the allowed ones.
+    ValueError: for a key that is not allowed, listing the allowed ones (and
+      the closest to it), or a value of the wrong type.
   """
   values = dict(defaults)
-  allowed = ", ".join(k if isinstance(v, bool) else f"{k}=" for k, v in defaults.items())
+  # How each key is written: a flag alone, other keys with "=".
+  forms = {k: k if isinstance(v, bool) else f"{k}=" for k, v in defaults.items()}
   for token in filter(None, (arg or "").split(",")):
     key, sep, value = token.partition("=")
     if key not in defaults or bool(sep) == isinstance(defaults[key], bool):
-      raise ValueError(f"Unknown config argument {token!r}; allowed: {allowed}.")
+      close = difflib.get_close_matches(key, list(defaults), n=1)
+      hint = f" did you mean {forms[close[0]]!r}?" if close else ""
+      raise ValueError(f"Unknown config argument {token!r};{hint} allowed: "
+                       f"{', '.join(forms.values())}.")
     if isinstance(defaults[key], bool):
       values[key] = True
-    elif defaults[key] is None:
-      values[key] = float(value)
-    else:
-      values[key] = type(defaults[key])(value)
+      continue
+    kind = float if defaults[key] is None else type(defaults[key])
+    try:
+      values[key] = kind(value)
+    except ValueError:
+      raise ValueError(
+          f"Config argument {token!r}: {key} must be of type {kind.__name__}.") from None
   return ml_collections.ConfigDict(values)
 
 
