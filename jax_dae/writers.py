@@ -15,11 +15,32 @@ import numpy as np
 from absl import logging
 
 
+def _read_umask() -> int:
+  """The process's umask, read without changing it where the system allows."""
+  try:
+    with open("/proc/self/status") as f:  # Linux 4.7+
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  # os.umask can only read by setting: set and restore it, once, at import,
+  # before any writer thread could create a file under the temporary value.
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+# New files get 0o666 & ~umask, like open(); mkstemp creates them 0o600.
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
   """A temporary file beside ``path`` that replaces it when the block ends without error.
 
-  Readers see the old file or the new one, never a torn one.
+  Readers see the old file or the new one, never a torn one. The file gets
+  the permissions ``open()`` would give a new file (0o666 less the umask).
   """
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +49,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()
+      os.fchmod(f.fileno(), _FILE_MODE)
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
