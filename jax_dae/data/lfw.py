@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import gzip
 import hashlib
 import json
 import os
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +112,37 @@ def _is_image(name: str) -> bool:
   return name.lower().endswith((".jpg", ".jpeg"))
 
 
+class DamagedArchiveError(ValueError):
+  """An archive cannot be read to its end; the message says how to replace it."""
+
+
+# What reading a truncated or corrupted .tgz raises: gzip's EOFError and
+# BadGzipFile, zlib's error, tarfile's ReadError and StreamError. (Other
+# OSErrors, such as a permission error, are not the archive's fault.)
+_ARCHIVE_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, tarfile.TarError)
+
+
+def _damaged(path: Path, error: BaseException) -> DamagedArchiveError:
+  """The one-line error for an unreadable archive: which file, and how to get a good one."""
+  if path.name.endswith(CARRY_SUFFIX) or any(path.name == preset_carry_name(v, p)
+                                             for v in VARIANTS for p in PRESETS):
+    remedy = "delete it and make it again with scripts/make_lfw_carry.py"
+  else:
+    variant = next((v for v in VARIANTS.values() if v.archive == path.name), None)
+    remedy = "delete it and download it again"
+    if variant is not None and variant.url:
+      remedy += f" from {variant.url}"
+    if variant is not None and variant.archive_sha256:
+      remedy += f" (its sha256 is {variant.archive_sha256})"
+    else:
+      # No checksum of the whole archive is published for this variant; the
+      # shared copy's is recorded beside it.
+      remedy += ", or copy it again (../shared/data/README.md gives the shared copy's sha256)"
+  reason = " ".join(str(error).split()) or "unreadable"
+  return DamagedArchiveError(
+      f"{path} is damaged or truncated ({type(error).__name__}: {reason}): {remedy}.")
+
+
 class _Source:
   """Reads ``(member name, bytes)`` pairs and how the bytes sit in the original.
 
@@ -127,11 +160,14 @@ class _Source:
                if _is_image(p.name))
       return sorted(names), (0, 0), None
     origin, full_size = (0, 0), None
-    with tarfile.open(self.path) as tar:
-      members = tar.getnames()
-      if CARRY_META in members:
-        meta = json.load(tar.extractfile(CARRY_META))
-        origin, full_size = tuple(meta["origin"]), tuple(meta["full_size"])
+    try:
+      with tarfile.open(self.path) as tar:
+        members = tar.getnames()
+        if CARRY_META in members:
+          meta = json.load(tar.extractfile(CARRY_META))
+          origin, full_size = tuple(meta["origin"]), tuple(meta["full_size"])
+    except _ARCHIVE_ERRORS as e:
+      raise _damaged(self.path, e) from e
     return sorted(n for n in members if _is_image(n)), origin, full_size
 
   @property
@@ -159,10 +195,13 @@ class _Source:
         yield name, (self.path.parent / name).read_bytes()
       return
     # Stream the archive once; members come in archive order.
-    with tarfile.open(self.path, "r|*") as tar:
-      for member in tar:
-        if member.name in wanted:
-          yield member.name, tar.extractfile(member).read()
+    try:
+      with tarfile.open(self.path, "r|*") as tar:
+        for member in tar:
+          if member.name in wanted:
+            yield member.name, tar.extractfile(member).read()
+    except _ARCHIVE_ERRORS as e:
+      raise _damaged(self.path, e) from e
 
 
 def find_source(
