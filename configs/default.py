@@ -88,9 +88,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 8
   config.train.num_epochs = 15
-  # Train steps fused in one compiled call (lax.scan); rounded down to a
-  # divisor of the steps per epoch. Larger means fewer host round trips.
+  # Most train steps fused in one compiled call. Calls are sized by time
+  # (seconds_per_call) up to this; data streamed from the host (placement=host)
+  # uses this, rounded down to a divisor of the steps per epoch, for every call.
   config.train.steps_per_call = 200
+  # Target wall time of one compiled call: progress, Ctrl-C and time-based
+  # checkpoints act between calls, so this is how long they can wait.
+  config.train.seconds_per_call = 1.0
+  # Also checkpoint mid-epoch when this many seconds passed since the last save
+  # (0: only at the end of each epoch). A stop signal always saves.
+  config.train.checkpoint_every_s = 300.0
+  # Start over in a --workdir that holds a run: its outputs are moved to
+  # workdir/replaced-<time>/ and training starts from step 0.
+  config.train.restart = False
+  # Resume although fields that define a step (data, split, batch size, seed,
+  # corruption, loss, optimizer, model) differ from the run in --workdir.
+  config.train.allow_config_change = False
   # Batch size of evaluation (padded; does not change results).
   config.train.eval_batch_size = 256
   # Validation images shown in the per-epoch sample grid.

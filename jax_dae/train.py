@@ -43,6 +43,10 @@ from jax_dae import (
   metrics,
   models,
   plots,
+  resume,
+  stopping,
+  validation,
+  workdir_lock,
   writers,
 )
 from jax_dae.data import pipeline
@@ -60,18 +64,14 @@ class TrainState(train_state.TrainState):
 # Builders: model, optimizer, state.
 # ---------------------------------------------------------------------------
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
 def create_model(config: ml_collections.ConfigDict, *, bn_axis_name: str | None = None,
                  out_channels: int | None = None) -> nn.Module:
   """The model named by ``config.model.name`` in ``config.model.dtype``."""
-  if config.model.dtype not in _DTYPES:
-    raise ValueError(
-        f"config.model.dtype={config.model.dtype!r} is unknown; allowed: {', '.join(_DTYPES)}."
-    )
+  if config.model.dtype not in validation.DTYPES:
+    raise ValueError(f"config.model.dtype={config.model.dtype!r} is unknown; allowed: "
+                     f"{', '.join(validation.DTYPES)}.")
   kwargs = {k: v for k, v in config.model.items() if k not in ("name", "dtype")}
-  kwargs["dtype"] = _DTYPES[config.model.dtype]
+  kwargs["dtype"] = jnp.dtype(config.model.dtype)
   if bn_axis_name is not None:
     kwargs["bn_axis_name"] = bn_axis_name
   if out_channels is not None:
@@ -235,25 +235,68 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
 
 def make_train_loop(train_step: Callable, *, batch_size: int, steps_per_epoch: int,
                     steps_per_call: int, batch_sharding: NamedSharding | None = None) -> Callable:
-  """``loop(state, images, perm, step_key) -> (state, metrics [steps_per_call])``.
+  """``loop(state, images, perm, step_key[, num_steps]) -> (state, metrics [steps_per_call])``.
 
-  Runs ``steps_per_call`` train steps in one ``lax.scan``; step ``s`` uses the
-  batch ``perm[(s mod steps_per_epoch) * batch_size :][:batch_size]`` of the
-  device-resident ``images`` and the key ``fold_in(step_key, s)``.
+  Runs up to ``steps_per_call`` train steps in one compiled call; step ``s``
+  uses the batch ``perm[(s mod steps_per_epoch) * batch_size :][:batch_size]``
+  of the device-resident ``images`` and the key ``fold_in(step_key, s)``.
+
+  Without ``num_steps`` the call is a ``lax.scan`` of exactly
+  ``steps_per_call`` steps. With ``num_steps`` (an int32 scalar, traced: one
+  compile serves every count) it runs the first ``num_steps`` of them in a
+  ``lax.while_loop``, and metric rows past ``num_steps`` are zero; the trainer
+  sizes its calls by time this way. Either form computes each step the same
+  way, so how a run is cut into calls does not change its result.
   """
 
-  def loop(state, images, perm, step_key):
-    def body(state, _):
-      offset = (state.step % steps_per_epoch) * batch_size
-      idx = jax.lax.dynamic_slice_in_dim(perm, offset, batch_size)
-      batch = jnp.take(images, idx, axis=0)
-      if batch_sharding is not None:
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-      return train_step(state, batch, jax.random.fold_in(step_key, state.step))
+  def step_at(state, images, perm, step_key):
+    offset = (state.step % steps_per_epoch) * batch_size
+    idx = jax.lax.dynamic_slice_in_dim(perm, offset, batch_size)
+    batch = jnp.take(images, idx, axis=0)
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return train_step(state, batch, jax.random.fold_in(step_key, state.step))
 
-    return jax.lax.scan(body, state, None, length=steps_per_call)
+  def loop(state, images, perm, step_key, num_steps=None):
+    if num_steps is None:
+      return jax.lax.scan(lambda state, _: step_at(state, images, perm, step_key), state, None,
+                          length=steps_per_call)
+    row = jax.eval_shape(step_at, state, images, perm, step_key)[1]
+    rows = jax.tree.map(lambda x: jnp.zeros((steps_per_call, *x.shape), x.dtype), row)
+
+    def body(i, carry):
+      state, rows = carry
+      state, metrics = step_at(state, images, perm, step_key)
+      return state, jax.tree.map(lambda r, m: r.at[i].set(m), rows, metrics)
+
+    return jax.lax.fori_loop(0, jnp.minimum(num_steps, steps_per_call), body, (state, rows))
 
   return jax.jit(loop, donate_argnums=0)
+
+
+class CallSizer:
+  """How many steps the next compiled call runs, so that a call takes about ``seconds``.
+
+  The first call runs one step; each later one scales the last call's count by
+  how far its time was from the target (at most 4x up at a time), within
+  ``[1, maximum]``. Progress, stop requests and time-based checkpoints are
+  therefore seconds apart on any backend, however slow a step is.
+  """
+
+  def __init__(self, seconds: float, maximum: int):
+    self._seconds = seconds
+    self._maximum = maximum
+    self._next = 1
+
+  def next(self, limit: int) -> int:
+    """The next call's step count, at most ``limit`` (the steps left in the epoch)."""
+    return max(1, min(self._next, limit))
+
+  def record(self, steps: int, seconds: float) -> None:
+    """Updates the count from a call of ``steps`` steps that took ``seconds``."""
+    per_step = max(seconds, 1e-6) / steps
+    target = int(self._seconds / per_step)
+    self._next = max(1, min(self._maximum, target, 4 * steps))
 
 
 def make_streaming_train_loop(train_step: Callable) -> Callable:
@@ -342,58 +385,6 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Rejects bad names and values before any data is read or anything compiles.
-
-  Raises:
-    ValueError: one line naming the field, the value and what is allowed.
-  """
-  if config.model.name not in models.available():
-    raise ValueError(f"config.model.name={config.model.name!r} is unknown; available: "
-                     f"{', '.join(models.available())}.")
-  if config.model.dtype not in _DTYPES:
-    raise ValueError(f"config.model.dtype={config.model.dtype!r} is unknown; allowed: "
-                     f"{', '.join(_DTYPES)}.")
-  if config.loss.name not in losses.available():
-    raise ValueError(f"config.loss.name={config.loss.name!r} is unknown; available: "
-                     f"{', '.join(losses.available())}.")
-  if config.data.name not in data.available():
-    raise ValueError(f"config.data.name={config.data.name!r} is unknown; available: "
-                     f"{', '.join(data.available())}.")
-  try:
-    corruptions.parse(config.corruption)
-  except ValueError as e:
-    raise ValueError(f"config.corruption={config.corruption!r}: {e}") from None
-  create_optimizer(config)
-  positive = {
-      "config.train.batch_size": config.train.batch_size,
-      "config.train.num_epochs": config.train.num_epochs,
-      "config.train.steps_per_call": config.train.steps_per_call,
-      "config.train.eval_batch_size": config.train.eval_batch_size,
-      "config.train.max_checkpoints": config.train.max_checkpoints,
-  }
-  for field, value in positive.items():
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f"{field}={value!r} must be an integer >= 1.")
-  if config.train.num_samples < 0:
-    raise ValueError(f"config.train.num_samples={config.train.num_samples} must be >= 0.")
-  if not isinstance(config.train.patience, int) or config.train.patience < 0:
-    raise ValueError(f"config.train.patience={config.train.patience!r} must be an integer >= 0 "
-                     "(0 = no early stopping).")
-  for epoch in config.train.test_epochs:
-    if not isinstance(epoch, int) or not 1 <= epoch <= config.train.num_epochs:
-      raise ValueError(f"config.train.test_epochs={tuple(config.train.test_epochs)!r}: each must "
-                       f"be an epoch number from 1 to {config.train.num_epochs}.")
-  for name, spec in config.test_corruptions.items():
-    try:
-      corruptions.parse(spec)
-    except ValueError as e:
-      raise ValueError(f"config.test_corruptions.{name}={spec!r}: {e}") from None
-  if config.mesh.num_devices < 0:
-    raise ValueError(f"config.mesh.num_devices={config.mesh.num_devices} must be >= 0 "
-                     "(0 = all local devices).")
-
-
 def check_model_fits_data(model: nn.Module, name: str, image_shape: tuple[int, ...]) -> None:
   """Raises a one-line error if the model cannot map images of this shape to themselves."""
   try:
@@ -436,14 +427,20 @@ def compile_on(executor: concurrent.futures.Executor, fn: Callable, state, *args
 
 
 class _DeviceFeed:
-  """Training data resident on the devices; the compiled loop gathers each batch."""
+  """Training data resident on the devices; the compiled loop gathers each batch.
+
+  A call runs any number of steps up to ``max_steps`` (one compile), so the
+  trainer sizes its calls by time.
+  """
+
+  sized_by_time = True
 
   def __init__(self, train_step, images, data_key, step_key, *, replicated, batch_sharding,
-               batch_size, steps_per_epoch, steps_per_call):
+               batch_size, steps_per_epoch, max_steps):
     self._images = distributed.replicate(images, replicated)
     self._step_key = step_key
     self._loop = make_train_loop(train_step, batch_size=batch_size,
-                                 steps_per_epoch=steps_per_epoch, steps_per_call=steps_per_call,
+                                 steps_per_epoch=steps_per_epoch, steps_per_call=max_steps,
                                  batch_sharding=batch_sharding)
     self._permutation = jax.jit(
         functools.partial(pipeline.permutation, data_key, num_examples=len(images)),
@@ -451,21 +448,27 @@ class _DeviceFeed:
     self._perm = None
 
   def compile(self, state):
-    self._loop = self._loop.lower(state, self._images, self._permutation(0),
-                                  self._step_key).compile()
+    self._loop = self._loop.lower(state, self._images, self._permutation(0), self._step_key,
+                                  np.int32(1)).compile()
 
   def start_epoch(self, epoch: int) -> None:
     self._perm = self._permutation(epoch)
 
-  def run(self, state):
-    return self._loop(state, self._images, self._perm, self._step_key)
+  def run(self, state, num_steps: int):
+    return self._loop(state, self._images, self._perm, self._step_key, np.int32(num_steps))
 
   def close(self) -> None:
     pass
 
 
 class _HostFeed:
-  """Training data streamed from host memory or disk, prefetched to the devices."""
+  """Training data streamed from host memory or disk, prefetched to the devices.
+
+  Batches are stacked ``steps_per_call`` at a time ahead of the loop, so every
+  call runs that many steps.
+  """
+
+  sized_by_time = False
 
   def __init__(self, train_step, images, data_key, step_key, *, mesh, batch_size,
                steps_per_epoch, steps_per_call, start_step, num_steps, prefetch):
@@ -485,7 +488,8 @@ class _HostFeed:
   def start_epoch(self, epoch: int) -> None:
     del epoch  # The stream knows the epoch of every step.
 
-  def run(self, state):
+  def run(self, state, num_steps: int):
+    del num_steps  # Always the stacked count.
     return self._loop(state, next(self._batches), self._step_key)
 
   def close(self) -> None:
@@ -592,10 +596,34 @@ class _PhaseClock:
       self.seconds[phase] = self.seconds.get(phase, 0.0) + time.time() - start
 
 
+def _humanize(seconds: float) -> str:
+  if seconds < 120:
+    return f"{seconds:.0f} s"
+  if seconds < 7200:
+    return f"{seconds / 60:.0f} min"
+  return f"{seconds / 3600:.1f} h"
+
+
+def _open_workdir(config: ml_collections.ConfigDict, workdir: Path, main_process: bool) -> None:
+  """Starts over or checks that a rerun may resume; writes ``config.json``."""
+  has_checkpoints = any((workdir / "checkpoints").glob("*/[0-9]*"))
+  if config.train.restart:
+    moved = resume.start_over(workdir) if main_process else None
+    if moved:
+      logging.warning("config.train.restart: the previous run was moved to %s.", moved)
+  elif has_checkpoints:
+    resume.check_config_change(workdir, config)
+  if main_process:
+    writers.write_json(workdir / "config.json", config.to_dict())
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates every epoch, checkpoints, and writes the test results.
 
-  Resumes from the newest checkpoint in ``workdir`` if there is one.
+  Resumes from the newest checkpoint in ``workdir`` if there is one (see
+  ``jax_dae.resume`` for what a rerun may change). One run per workdir at a
+  time. SIGINT and SIGTERM stop at the end of the running call, after saving
+  a checkpoint, with ``stopping.Interrupted``.
 
   Args:
     config: an experiment config (see ``configs/default.py``).
@@ -605,13 +633,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The dictionary written to ``workdir/results.json``.
   """
   start_time = time.time()
-  clock = _PhaseClock()
-  validate_config(config)
+  validation.validate_config(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   main_process = distributed.is_main_process()
-  if main_process:
-    writers.write_json(workdir / "config.json", config.to_dict())
+  with contextlib.ExitStack() as stack:
+    if main_process:
+      stack.enter_context(workdir_lock.hold(workdir))
+    _open_workdir(config, workdir, main_process)
+    stop = stack.enter_context(stopping.handle_signals())
+    return _run(config, workdir, start_time, stop)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: Path, start_time: float,
+         stop: stopping.StopRequest) -> dict:
+  clock = _PhaseClock()
+  main_process = distributed.is_main_process()
+  if jax.default_backend() == "cpu":
+    logging.warning("No accelerator found: training on the CPU, which is far slower; the run's "
+                    "time is estimated after its first steps. A smoke setting: add :runlocal "
+                    "to --config (about 3 minutes on a laptop).")
 
   # Data first: a missing dataset should fail before anything compiles.
   with clock("data"):
@@ -629,7 +670,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(
         f"config.train.batch_size={batch_size} exceeds the {len(splits['train'])} training images."
     )
-  steps_per_call = largest_divisor_at_most(steps_per_epoch, config.train.steps_per_call)
+  num_steps = steps_per_epoch * config.train.num_epochs
   eval_batch = min(config.train.eval_batch_size, len(splits["val"]))
   eval_batch = -(-eval_batch // num_devices) * num_devices
 
@@ -644,22 +685,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   loss_fn = losses.create(config.loss)
 
   init_key, data_key, step_key, eval_key = run_keys(config.seed)
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints",
+                                 max_to_keep=config.train.max_checkpoints, best_metric="psnr")
   with clock("init"):
     state = jax.jit(
         functools.partial(init_state, model, tx, image_shape), out_shardings=replicated
     )(init_key)
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints",
-                                   max_to_keep=config.train.max_checkpoints, best_metric="psnr")
     state = ckpt.restore_latest(state)
   start_step = int(state.step)
   if start_step:
-    logging.info("Resumed from step %d.", start_step)
+    logging.info("Resuming from step %d (epoch %d of %d, %d of its %d steps done).", start_step,
+                 start_step // steps_per_epoch + 1, config.train.num_epochs,
+                 start_step % steps_per_epoch, steps_per_epoch)
+  elif (workdir / "metrics.jsonl").exists():
+    logging.warning("No checkpoint in %s: starting from step 0.", workdir)
 
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info(
-      "%s: %d parameters; %d devices; %d steps/epoch, %d steps per compiled call.",
-      config.model.name, num_params, num_devices, steps_per_epoch, steps_per_call,
-  )
+  logging.info("%s: %d parameters; %d devices; %d steps/epoch.", config.model.name, num_params,
+               num_devices, steps_per_epoch)
 
   train_step = make_train_step(loss_fn=loss_fn, corrupt=corrupt)
   eval_step = make_eval_step(corrupt=corrupt)
@@ -669,12 +712,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if placement == "device":
     feed = _DeviceFeed(train_step, splits["train"], data_key, step_key, replicated=replicated,
                        batch_sharding=batch_sharding, batch_size=batch_size,
-                       steps_per_epoch=steps_per_epoch, steps_per_call=steps_per_call)
+                       steps_per_epoch=steps_per_epoch,
+                       max_steps=min(steps_per_epoch, config.train.steps_per_call))
   else:
     feed = _HostFeed(train_step, splits["train"], data_key, step_key, mesh=mesh,
                      batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                     steps_per_call=steps_per_call, start_step=start_step,
-                     num_steps=steps_per_epoch * config.train.num_epochs - start_step,
+                     steps_per_call=largest_divisor_at_most(steps_per_epoch,
+                                                            config.train.steps_per_call),
+                     start_step=start_step, num_steps=num_steps - start_step,
                      prefetch=config.data.prefetch)
   evaluator = (functools.partial(_DeviceEvaluator, replicated=replicated)
                if placement == "device" else _HostEvaluator)
@@ -733,32 +778,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best_epoch = (ckpt.best_step() or 0) // steps_per_epoch
     return bool(config.train.patience) and epochs_done - best_epoch >= config.train.patience
 
+  def stop_if_asked(step: int) -> None:
+    """After a stop signal: wait for the checkpoint of ``step``, then ``Interrupted``."""
+    if stop:
+      with clock("checkpoint"):
+        ckpt.close()
+      feed.close()
+      writer.close()
+      pictures.close()
+      logging.warning("Stopped at step %d: checkpoint saved; rerun the same command to resume.",
+                      step)
+      stop.check(step)
+
+  sizer = CallSizer(config.train.seconds_per_call, config.train.steps_per_call)
   train_time = 0.0
   trained_images = 0
   step = start_step
+  last_save = time.time()
+  announced_eta = False
+  stop.arm()
+  bar = tqdm(total=num_steps * batch_size, initial=start_step * batch_size, unit="img",
+             dynamic_ncols=True, leave=False, disable=not main_process, mininterval=0,
+             smoothing=0.1)
   for epoch in range(start_step // steps_per_epoch, config.train.num_epochs):
     if stop_early(epoch):
       logging.info("Early stop after epoch %d: no better validation PSNR for %d epochs.",
                    epoch, config.train.patience)
       break
     feed.start_epoch(epoch)
+    bar.set_description(f"epoch {epoch + 1}/{config.train.num_epochs}")
+    epoch_end = (epoch + 1) * steps_per_epoch
     epoch_losses = []
-    with tqdm(total=steps_per_epoch * batch_size, initial=(step % steps_per_epoch) * batch_size,
-              unit="img", desc=f"epoch {epoch + 1}/{config.train.num_epochs}",
-              dynamic_ncols=True, leave=False, disable=not main_process) as bar:
-      while step < (epoch + 1) * steps_per_epoch:
-        t = time.time()
-        state, step_metrics = feed.run(state)
-        step_metrics = distributed.to_host(step_metrics)
-        train_time += time.time() - t
-        _check_finite(step_metrics, step)
-        step += steps_per_call
-        trained_images += steps_per_call * batch_size
-        epoch_losses.append(step_metrics["loss"])
-        means = {k: float(np.mean(v)) for k, v in step_metrics.items()}
-        writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
-        bar.update(steps_per_call * batch_size)
-        bar.set_postfix(loss=f"{means['loss']:.4f}")
+    while step < epoch_end:
+      calls = sizer.next(epoch_end - step) if feed.sized_by_time else None
+      t = time.time()
+      state, step_metrics = feed.run(state, calls)
+      step_metrics = distributed.to_host(step_metrics)
+      call_s = time.time() - t
+      calls = calls or len(step_metrics["loss"])
+      step_metrics = {k: v[:calls] for k, v in step_metrics.items()}
+      sizer.record(calls, call_s)
+      train_time += call_s
+      _check_finite(step_metrics, step)
+      step += calls
+      trained_images += calls * batch_size
+      epoch_losses.append(step_metrics["loss"])
+      means = {k: float(np.mean(v)) for k, v in step_metrics.items()}
+      writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+      bar.update(calls * batch_size)
+      bar.set_postfix(loss=f"{means['loss']:.4f}")
+      if not announced_eta and step - start_step > calls:  # the 2nd call: compiled and warm
+        announced_eta = True
+        rate = calls * batch_size / call_s
+        logging.info("Training at %.1f img/s on %s: about %s for the %d steps left.", rate,
+                     jax.default_backend(), _humanize((num_steps - step) * batch_size / rate),
+                     num_steps - step)
+      if step < epoch_end and (stop or (config.train.checkpoint_every_s and time.time() - last_save
+                                        >= config.train.checkpoint_every_s)):
+        with clock("checkpoint"):
+          ckpt.save(step, state)
+        last_save = time.time()
+        stop_if_asked(step)
 
     with clock("validation"):
       val = evaluators["val"](state)
@@ -773,11 +853,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  val["input_ssim"])
     with clock("checkpoint"):
       ckpt.save(step, state, metrics=val)
+    last_save = time.time()
     with clock("samples"):
       noisy, recon, clean = samples(state, "val")
       if main_process:
         pictures.submit(plots.save_sample_grid, workdir / "samples" / f"epoch_{epoch + 1:03d}.png",
                         noisy, recon, clean / 255.0)
+    stop_if_asked(step)
+  bar.close()
   with clock("checkpoint"):
     ckpt.wait()
   feed.close()

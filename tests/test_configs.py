@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-from jax_dae import train
+from jax_dae import train, validation
 
 CONFIGS = [
     ("lfw_cae", None), ("lfw_cae", "runlocal"), ("lfw_rescae", None), ("lfw_vcae", None),
@@ -26,7 +26,7 @@ def _image_shape(config):
 @pytest.mark.parametrize("name, arg", CONFIGS)
 def test_config_validates_and_model_fits_data(name, arg):
   config = importlib.import_module(f"configs.{name}").get_config(arg)
-  train.validate_config(config)
+  validation.validate_config(config)
   shape = _image_shape(config)
   model = train.create_model(config, out_channels=shape[-1])
   train.check_model_fits_data(model, config.model.name, shape)
