@@ -8,12 +8,13 @@ This file is kept short on purpose; the logic lives in ``jax_dae.train``
 """
 
 import os
+import sys
 
 import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jax_dae import cli, distributed, train, validation
+from jax_dae import cli, distributed, stopping, train, validation
 
 USAGE = f"""\
 Train and evaluate a denoising autoencoder; a run in an existing workdir resumes.
@@ -80,7 +81,14 @@ def main(argv):
         else None)
     logging.info("JAX %s, process %d of %d, devices: %s", jax.__version__, jax.process_index(),
                  jax.process_count(), jax.devices())
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except stopping.Interrupted as e:
+      # A clean stop on SIGINT or SIGTERM, not an error: say where it stopped
+      # and exit as the signal would have.
+      print(e, file=sys.stderr)
+      sys.exit(128 + e.signum)
+
 
 if __name__ == "__main__":
   cli.run(main, usage=USAGE, config_flag="config")
