@@ -2,7 +2,7 @@
 
 Errors a user can fix are one line on stderr, ``error: ...``: exit status 2
 for usage and config errors (before anything runs), 1 for errors of the run
-itself. ``--verbose`` shows the full traceback instead. ``--help`` prints a
+itself. ``--verbose`` also prints the traceback. ``--help`` prints a
 short usage on stdout and exits 0.
 
 Flag errors are raised while absl parses the command line, before ``main``
@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import textwrap
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -29,7 +30,7 @@ from typing import Any, NoReturn
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("verbose", False, "On an error, show the full traceback instead of one line.")
+flags.DEFINE_bool("verbose", False, "On an error, also print its full traceback.")
 
 # The folder of the experiment configs in a source checkout.
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -64,13 +65,13 @@ def describe(error: BaseException) -> str:
 def one_line_errors(types: tuple[type[BaseException], ...], status: int) -> Iterator[None]:
   """Turns ``types`` raised in the block into ``error: ...`` and exit ``status``.
 
-  With ``--verbose`` the exception propagates with its traceback.
+  With ``--verbose`` its traceback is printed first.
   """
   try:
     yield
   except types as e:
     if FLAGS.is_parsed() and FLAGS.verbose:
-      raise
+      traceback.print_exc()
     fail(describe(e), status)
 
 
@@ -108,8 +109,9 @@ def parse_flags(argv: Sequence[str], *, usage: str, config_flag: str | None = No
       # on first use (ml_collections); use it now, while errors are flag errors.
       getattr(FLAGS[config_flag].value, "keys", None)
   except Exception as e:  # Config files and flag parsers raise many types.
+    # FLAGS.verbose may not be parsed yet: look for it.
     if any(re.fullmatch(r"--?verbose(=(true|t|1|yes|y))?", a, re.IGNORECASE) for a in options):
-      raise
+      traceback.print_exc()
     fail(_flag_error(e, options, config_flag))
   return positional
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import logging as logging_std
 import math
 import os
 import sys
@@ -33,11 +32,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from jax_dae import inference, plots
+from jax_dae import cli, inference, plots
 from jax_dae.data import preprocess
 from jax_dae.data.folder import EXTENSIONS
 
@@ -56,6 +55,24 @@ flags.DEFINE_float("overlap", 0.25, "Overlap of neighbouring tiles, as a fractio
 flags.DEFINE_bool("side_by_side", True, "Also write <name>.compare.png.")
 flags.DEFINE_string("compilation_cache", "~/.cache/jax_dae/xla",
                     "Persistent XLA compilation cache folder ('' to disable).")
+
+USAGE = """\
+Denoise (or deblur) image files with a trained run.
+
+usage: python -m jax_dae.denoise --workdir=RUN --out_dir=DIR [flags] FILE_OR_FOLDER ...
+
+  --workdir=RUN     a trained run folder (python -m jax_dae.main's --workdir).
+  --out_dir=DIR     output folder (not an input folder): <name>.png and <name>.compare.png.
+  --checkpoint      best (highest validation PSNR, default) or latest.
+  --corrupt=SPEC    corrupt clean inputs first to show before/after,
+                    e.g. --corrupt="gaussian_blur(kernel=9,sigma=4)".
+  --verbose         on an error, also print its full traceback.
+  --helpfull        every flag (batch size, tiling, seed, logging).
+
+Folders are searched recursively for JPEG, PNG, PGM/PPM/PBM, WebP and BMP files.
+Exit status: 0 every image written; 1 some files failed; 2 nothing was done (bad flags,
+workdir or inputs). docs/denoise.md has the details.
+"""
 
 COMPARE_SUFFIX = ".compare.png"
 # Images are grouped by size into batches of at most batch_size images and
@@ -403,36 +420,27 @@ def _with_alpha(image: Image.Image, alpha: np.ndarray) -> Image.Image:
   return image
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Drops the INFO chatter of Orbax's internals; warnings still show."""
-
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv: Sequence[str]) -> None:
   """Runs the CLI on the positional arguments; exits 1 or 2 on failure (module docstring)."""
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.quiet_libraries()
   inputs = list(argv[1:])
   if not FLAGS.workdir or not FLAGS.out_dir:
-    print("error: --workdir and --out_dir are required.", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("--workdir and --out_dir are required (--help for usage).")
   if not inputs:
-    print("error: name the image files or folders to denoise, e.g. python -m jax_dae.denoise "
-          "--workdir=runs/lfw_cae --out_dir=out photos/", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("name the image files or folders to denoise, e.g. python -m jax_dae.denoise "
+             "--workdir=runs/lfw_cae --out_dir=out photos/")
   if FLAGS.compilation_cache:
     import jax
 
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
-  try:
+  # Bad workdir, inputs or --corrupt: nothing was done (2). Errors of the
+  # model run itself (XLA, out of memory, a full disk): 1.
+  with (cli.one_line_errors((RuntimeError, OSError), status=1),
+        cli.one_line_errors((ValueError, FileNotFoundError), status=2)):
     report = run(inputs, workdir=FLAGS.workdir, out_dir=FLAGS.out_dir,
                  checkpoint=FLAGS.checkpoint, corrupt=FLAGS.corrupt, seed=FLAGS.seed,
                  batch_size=FLAGS.batch_size, max_side=FLAGS.max_side, overlap=FLAGS.overlap,
                  write_side_by_side=FLAGS.side_by_side)
-  except (SetupError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   total = len(report.written) + len(report.failed)
   if report.failed:
     names = ", ".join(report.failed)
@@ -442,5 +450,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir", "out_dir"])
-  app.run(main)
+  cli.run(main, usage=USAGE)

@@ -27,7 +27,7 @@ usage: python -m jax_dae.main --config=FILE[:ARG] --workdir=DIR [--config.FIELD=
   --config.FIELD=VALUE  change one field, e.g. --config.train.batch_size=64
   --list_fields         print the config's fields and values, then exit:
                           python -m jax_dae.main --config=configs/lfw_cae.py --list_fields
-  --verbose             on an error, show the full traceback instead of one line.
+  --verbose             on an error, also print its full traceback.
   --helpfull            every flag (multi-process, compilation cache, logging).
 
 {cli.configs_paragraph()}
