@@ -214,7 +214,7 @@ def _describe(node: Any) -> str:
 
 def _describe_leaf(leaf: Any) -> str:
   shape, dtype = _shape_dtype(leaf)
-  return f"({','.join(map(str, shape))}) {dtype.name}"
+  return f"({','.join(map(str, shape))}{',' if len(shape) == 1 else ''}) {dtype.name}"
 
 
 def _shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
@@ -251,7 +251,9 @@ def differences(stored: Any, run: Any, path: str = "") -> Iterator[str]:
   if _is_empty(stored) and _is_empty(run):
     return
   if isinstance(stored, dict) and isinstance(run, dict):
-    for key in sorted(set(stored) | set(run), key=str):
+    # The run's order (a TrainState's: step, params, opt_state), so that the
+    # first differences named are the model's rather than its moments'.
+    for key in [*run, *(k for k in stored if k not in run)]:
       sub = f"{path}/{key}" if path else str(key)
       if key not in run:
         yield f"{sub}: only in the checkpoint"
