@@ -185,7 +185,8 @@ def _os_error(e: BaseException) -> tuple[int | None, str] | None:
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:
-  text = str(e).split(" [tensorstore_spec", 1)[0]
+  # TensorStore appends its whole spec (kilobytes of JSON) to its errors.
+  text = re.split(r" \[tensorstore_spec|\. See full TensorStore details", str(e), maxsplit=1)[0]
   text = text.splitlines()[0] if text else type(e).__name__
   return text if len(text) <= limit else text[:limit] + "..."
 
