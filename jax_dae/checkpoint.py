@@ -135,10 +135,17 @@ _abandoned = _AbandonedReads()
 _previous_unraisablehook = sys.unraisablehook
 
 
-def _drop_closed_loop_callbacks(unraisable) -> None:
-  if (unraisable.exc_type is RuntimeError
-      and str(unraisable.exc_value) == "Event loop is closed"):
-    return  # A read or write that Orbax already abandoned; its error was raised.
+def _drop_abandoned_orbax_work(unraisable) -> None:
+  """Drops the errors of reads and writes Orbax abandoned after raising the first.
+
+  They reach ``sys.unraisablehook`` when TensorStore calls back into Orbax's
+  closed event loop, or when Orbax's unfinished coroutines are collected.
+  """
+  code = getattr(unraisable.object, "cr_code", None)
+  if ((unraisable.exc_type is RuntimeError
+       and str(unraisable.exc_value) == "Event loop is closed")
+      or (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)):
+    return
   _previous_unraisablehook(unraisable)
 
 
@@ -150,9 +157,9 @@ def _install_filters() -> None:
   asyncio_logger = logging_std.getLogger("asyncio")
   if _abandoned not in asyncio_logger.filters:
     asyncio_logger.addFilter(_abandoned)
-  if sys.unraisablehook is not _drop_closed_loop_callbacks:
+  if sys.unraisablehook is not _drop_abandoned_orbax_work:
     _previous_unraisablehook = sys.unraisablehook
-    sys.unraisablehook = _drop_closed_loop_callbacks
+    sys.unraisablehook = _drop_abandoned_orbax_work
 
 
 @contextlib.contextmanager

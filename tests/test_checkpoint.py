@@ -138,6 +138,7 @@ def test_differences_name_missing_keys_and_dtypes():
 
 
 @pytest.mark.parametrize("what", ["all", "chunks"])
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_damaged_newest_falls_back_then_the_same_step_is_saved_again(tmp_path, caplog, what):
   # Arrays of 2 KB: OCDBT keeps smaller ones inline, beside the metadata.
   state = functools.partial(_state, hidden=256)
@@ -341,12 +342,12 @@ def held_workdir(tmp_path):
   workdir = tmp_path / "run"
   proc = _run_python(_HOLDER, ROOT / "jax_dae" / "workdir_lock.py", workdir,
                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-  try:
-    assert proc.stdout.readline().strip() == "held"
-    yield workdir, proc
-  finally:
-    proc.kill()
-    proc.wait()
+  with proc:  # Closes its pipes.
+    try:
+      assert proc.stdout.readline().strip() == "held"
+      yield workdir, proc
+    finally:
+      proc.kill()
 
 
 def test_second_holder_of_a_workdir_is_refused_naming_the_first(held_workdir):
