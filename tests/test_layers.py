@@ -2,6 +2,10 @@
 
 UpConv2x against a transposed convolution written as a scatter; SameConv and
 DownConv2x (space-to-depth forms) against a convolution written as a loop.
+
+Init, apply and gradients run under ``jax.jit``: op by op, each of the many
+small ops dispatches (and compiles) on its own, which made this file take
+about a minute on 2 cores.
 """
 
 import functools
@@ -33,17 +37,17 @@ def _scatter_reference(x, kernel, bias):
 def test_upconv_equals_scatter_definition_and_flax_conv_transpose(impl):
   x = np.asarray(jax.random.normal(jax.random.key(1), (2, 5, 7, 3)), np.float64)
   layer = UpConv2x(4, impl=impl)
-  variables = layer.init(jax.random.key(0), jnp.asarray(x, jnp.float32))
+  variables = jax.jit(layer.init)(jax.random.key(0), jnp.asarray(x, jnp.float32))
   params = jax.tree.map(np.asarray, variables["params"])
   params["bias"] = np.arange(4, dtype=np.float32) / 10  # a bias that is not zero
-  got = np.asarray(layer.apply({"params": params}, jnp.asarray(x, jnp.float32)))
+  got = np.asarray(jax.jit(layer.apply)({"params": params}, jnp.asarray(x, jnp.float32)))
   np.testing.assert_allclose(got, _scatter_reference(x, params["kernel"], params["bias"]),
                              atol=1e-5)
   flax_layer = nn.ConvTranspose(4, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))
-  np.testing.assert_allclose(got, flax_layer.apply({"params": params}, x.astype(np.float32)),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      got, jax.jit(flax_layer.apply)({"params": params}, x.astype(np.float32)), atol=1e-5)
   # Same parameters and initialisation as nn.ConvTranspose.
-  ref = flax_layer.init(jax.random.key(0), jnp.asarray(x, jnp.float32))
+  ref = jax.jit(flax_layer.init)(jax.random.key(0), jnp.asarray(x, jnp.float32))
   np.testing.assert_array_equal(ref["params"]["kernel"], variables["params"]["kernel"])
 
 
@@ -81,14 +85,15 @@ def test_conv_layers_equal_loop_definition_nn_conv_and_its_gradients(case, impl)
   make, flax_layer, stride, pad, shape = _CONV_CASES[case]
   x = np.asarray(jax.random.normal(jax.random.key(1), shape), np.float64)
   layer = make(impl)
-  variables = layer.init(jax.random.key(0), jnp.asarray(x, jnp.float32))
+  variables = jax.jit(layer.init)(jax.random.key(0), jnp.asarray(x, jnp.float32))
   # Same parameters and initialisation as the nn.Conv it stands for.
-  ref = flax_layer.init(jax.random.key(0), jnp.asarray(x, jnp.float32))
+  ref = jax.jit(flax_layer.init)(jax.random.key(0), jnp.asarray(x, jnp.float32))
   np.testing.assert_array_equal(ref["params"]["kernel"], variables["params"]["kernel"])
   params = jax.tree.map(np.asarray, variables["params"])
   params["bias"] = np.arange(params["bias"].size, dtype=np.float32) / 10
+  # Traced inside the context, so the compiled functions use its precision.
   with jax.default_matmul_precision("highest"):
-    got = np.asarray(layer.apply({"params": params}, jnp.asarray(x, jnp.float32)))
+    got = np.asarray(jax.jit(layer.apply)({"params": params}, jnp.asarray(x, jnp.float32)))
     want = _loop_conv_reference(x, params["kernel"], params["bias"], stride, pad)
     np.testing.assert_allclose(got, want, atol=1e-4)
 
@@ -98,8 +103,8 @@ def test_conv_layers_equal_loop_definition_nn_conv_and_its_gradients(case, impl)
       return jnp.sum(jnp.sin(module.apply({"params": p}, x)))
 
     x32 = jnp.asarray(x, jnp.float32)
-    g = jax.grad(functools.partial(loss, layer), argnums=(0, 1))(params, x32)
-    h = jax.grad(functools.partial(loss, flax_layer), argnums=(0, 1))(params, x32)
+    g = jax.jit(jax.grad(functools.partial(loss, layer), argnums=(0, 1)))(params, x32)
+    h = jax.jit(jax.grad(functools.partial(loss, flax_layer), argnums=(0, 1)))(params, x32)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(h), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
@@ -115,17 +120,39 @@ def test_space_to_depth_round_trip_and_pixel_order():
     layers.space_to_depth_kernel(jnp.zeros((4, 4, 1, 1)))
 
 
+def _random_variables(shapes, seed=0):
+  """Variables of the given shapes with random values, none of them trivial.
+
+  Compiling the model's own init (truncated-normal kernels) takes seconds on
+  CPU, and it sets biases and BatchNorm statistics to 0 and 1, which the
+  comparison then cannot see; any values serve to compare two layer choices.
+  """
+  rng = np.random.default_rng(seed)
+
+  def fill(path, shape):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = np.prod(shape.shape[:-1])
+      return jnp.asarray(rng.normal(0, 1 / np.sqrt(fan_in), shape.shape), shape.dtype)
+    if name in ("var", "scale"):
+      return jnp.asarray(rng.uniform(0.5, 1.5, shape.shape), shape.dtype)
+    return jnp.asarray(rng.normal(0, 0.1, shape.shape), shape.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 @pytest.mark.parametrize("choice", [{"upsample": "transpose"}, {"full_res_conv": "space_to_depth"},
                                     {"downsample": "space_to_depth"}])
 def test_cae_layer_choices_change_speed_not_results(choice):
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
-  variables = models.create("TinyCAE").init(jax.random.key(0), x)
+  default = models.create("TinyCAE")
+  variables = _random_variables(jax.eval_shape(default.init, jax.random.key(0), x))
   chosen = models.create("TinyCAE", **choice)
   # The same parameter tree: checkpoints move freely between choices.
-  assert (jax.tree.structure(chosen.init(jax.random.key(0), x))
+  assert (jax.tree.structure(jax.eval_shape(chosen.init, jax.random.key(0), x))
           == jax.tree.structure(variables))
-  a = models.create("TinyCAE").apply(variables, x)
-  b = chosen.apply(variables, x)
+  a = jax.jit(default.apply)(variables, x)
+  b = jax.jit(chosen.apply)(variables, x)
   np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -134,5 +161,6 @@ def test_cae_layer_choices_change_speed_not_results(choice):
                                                ("downsample", "xla, space_to_depth")])
 def test_cae_rejects_unknown_layer_impl(attribute, allowed):
   x = jnp.zeros((1, 16, 16, 3))
+  # Raised while the module is traced: eval_shape runs nothing.
   with pytest.raises(ValueError, match=f"allowed: {allowed}"):
-    models.create("TinyCAE", **{attribute: "nearest"}).init(jax.random.key(0), x)
+    jax.eval_shape(models.create("TinyCAE", **{attribute: "nearest"}).init, jax.random.key(0), x)
