@@ -7,22 +7,19 @@ The library's pure pieces compose with ``jax.jit``, ``jax.shard_map``,
 * ``corruptions.parse(spec)``: batched corruption ``corrupt(keys, images)``.
 * ``losses.create(name_or_config)``: ``loss(reconstruction, clean, aux)``.
 * ``metrics``: per-image PSNR, SSIM, LPIPS.
-* ``init_state``, ``make_train_step``, ``make_eval_step``, ``make_train_loop``:
-  the train state and the pure step functions the command line uses.
-* ``train_and_evaluate(config, workdir)``: the whole run.
+* ``init_state``, ``make_train_step``, ``make_eval_step`` (``jax_dae.steps``):
+  the train state and the pure step functions the command line uses;
+  ``make_train_loop`` (``jax_dae.loops``): many steps in one compiled call.
+* ``create_model(config)``, ``create_optimizer(config)``: from a config.
+* ``train_and_evaluate(config, workdir)``: the whole run (``jax_dae.train``).
 """
 
 from jax_dae import corruptions, losses, metrics, models
-from jax_dae.train import (
-    TrainState,
-    create_model,
-    create_optimizer,
-    init_state,
-    make_eval_step,
-    make_train_loop,
-    make_train_step,
-    train_and_evaluate,
-)
+from jax_dae.loops import make_train_loop
+from jax_dae.models import from_config as create_model
+from jax_dae.optimizers import create as create_optimizer
+from jax_dae.steps import TrainState, init_state, make_eval_step, make_train_step
+from jax_dae.train import train_and_evaluate
 
 __version__ = "0.1.0"
 

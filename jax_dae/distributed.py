@@ -15,6 +15,9 @@ import jax
 import numpy as np
 from absl import logging
 
+# The mesh axis that data parallelism splits batches over.
+DATA_AXIS = "data"
+
 
 def _cluster_asks_for_it() -> bool:
   """True when the environment describes a multi-process job JAX can join."""
@@ -77,3 +80,15 @@ def to_host(tree: Any) -> Any:
     return np.asarray(jax.device_get(x))
 
   return jax.tree.map(get, tree)
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """1-D data-parallel mesh over the first ``num_devices`` devices (0 = all)."""
+  devices = jax.devices()
+  if num_devices:
+    if num_devices > len(devices):
+      raise ValueError(
+          f"config.mesh.num_devices={num_devices} but only {len(devices)} devices are visible."
+      )
+    devices = devices[:num_devices]
+  return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))

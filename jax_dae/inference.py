@@ -45,7 +45,7 @@ import ml_collections
 import numpy as np
 
 from jax_dae import checkpoint as checkpoint_lib
-from jax_dae import corruptions, train
+from jax_dae import corruptions, models, optimizers, steps
 
 CHECKPOINTS = ("best", "latest")
 # Strides tried, smallest first, when probing which sizes a model accepts.
@@ -401,12 +401,12 @@ def load(workdir: str | Path, *, checkpoint: str = "best", batch_size: int = 16,
     raise FileNotFoundError(f"{ckpt_dir} not found: the run in {workdir} has no checkpoints.")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   height, width, channels = training_image_shape(config)
-  model = train.create_model(config, out_channels=channels)
-  tx = train.create_optimizer(config)
+  model = models.from_config(config, out_channels=channels)
+  tx = optimizers.create(config)
   # An abstract state (shapes only): nothing is initialised, and a failed
   # restore cannot silently hand back random weights.
   init_shape = (height or 64, width or 64, channels)
-  abstract = jax.eval_shape(functools.partial(train.init_state, model, tx, init_shape),
+  abstract = jax.eval_shape(functools.partial(steps.init_state, model, tx, init_shape),
                             jax.random.key(0))
   ckpt = checkpoint_lib.Checkpointer(ckpt_dir)
   try:

@@ -20,7 +20,7 @@ from jax_dae.data import pipeline
 
 # Names accepted by config.model.dtype and config.optimizer.name; train.py maps
 # them to the dtypes and optimizers.
-DTYPES = ("float32", "bfloat16")
+DTYPES = models.DTYPES
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 

@@ -1,7 +1,7 @@
 r"""Data-parallel training on several devices: throughput per device count, and the same update.
 
-Runs jax_dae's own train loop (``train.make_train_loop`` with the batch
-sharded over a ``train.make_mesh(n)`` mesh, parameters replicated) for each
+Runs jax_dae's own train loop (``loops.make_train_loop`` with the batch
+sharded over a ``distributed.make_mesh(n)`` mesh, parameters replicated) for each
 device count, and reports:
 
 * **throughput** (weak scaling): ``--per_device_batch`` images per device, so
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from jax_dae import train  # noqa: E402
+from jax_dae import distributed, loops  # noqa: E402
 
 
 def run(step, host_state, images, *, devices: int, batch: int, steps: int):
@@ -52,11 +52,11 @@ def run(step, host_state, images, *, devices: int, batch: int, steps: int):
   Returns ``(call, state)``: ``call()`` runs one more call on the current
   state and returns its metrics; ``state()`` is the current state.
   """
-  mesh = train.make_mesh(devices)
+  mesh = distributed.make_mesh(devices)
   replicated = NamedSharding(mesh, P())
-  loop = train.make_train_loop(step, batch_size=batch, steps_per_epoch=len(images) // batch,
+  loop = loops.make_train_loop(step, batch_size=batch, steps_per_epoch=len(images) // batch,
                                steps_per_call=steps,
-                               batch_sharding=NamedSharding(mesh, P(train.DATA_AXIS)))
+                               batch_sharding=NamedSharding(mesh, P(distributed.DATA_AXIS)))
   current = {"state": jax.device_put(host_state, replicated)}
   images = jax.device_put(images, replicated)
   perm = jax.device_put(jnp.arange(len(images)), replicated)

@@ -2,8 +2,8 @@ r"""Training throughput of jax_dae against the same model in PyTorch (issue 9).
 
 What is measured, per row of the grid {model} x {loss} x {batch} x {precision}:
 
-* jax_dae: the library's own fused loop, ``train.make_train_loop`` around
-  ``train.make_train_step`` (built from ``create_model``, ``create_optimizer``,
+* jax_dae: the library's own fused loop, ``loops.make_train_loop`` around
+  ``steps.make_train_step`` (built from ``create_model``, ``create_optimizer``,
   ``corruptions.parse`` and ``losses.create`` on ``configs/default.py``), i.e.
   ``--steps_per_call`` steps per compiled call in a ``lax.scan`` over uint8
   images resident on the device; each step takes a batch by a permuted index,
@@ -39,7 +39,7 @@ runs VGG's backward over the target half of its concatenated batch too, about
 achieved fraction of peak is analytic FLOPs per second over the bf16 matmul
 peak measured in the same run (chained ``--peak_size``^3 bf16 ``jnp.dot``s).
 
-The test-split evaluation (``train.make_evaluate`` over ``make_eval_step``:
+The test-split evaluation (``evaluation.make_evaluate`` over ``make_eval_step``:
 PSNR, SSIM and MSE of ``--eval_images`` images) is compiled and timed once per
 (model, precision).
 
@@ -109,7 +109,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from configs import default as default_config  # noqa: E402
-from jax_dae import corruptions, losses, models, train, writers  # noqa: E402
+from jax_dae import corruptions, evaluation, loops, losses, models, optimizers, steps, writers  # noqa: E402
 from jax_dae.models import vgg  # noqa: E402
 
 CORRUPTION = "gaussian_blur(kernel=9,sigma=4)"
@@ -375,7 +375,7 @@ def build_jax_loop(model_name, loss_name, batch, precision, images, steps, *, mo
   and by ``scripts/bench_data_parallel.py`` (with ``optimizer="sgd"``).
 
   Returns:
-    A dict with ``loop`` (``train.make_train_loop`` of ``steps`` steps per
+    A dict with ``loop`` (``loops.make_train_loop`` of ``steps`` steps per
     call), its arguments ``state``, ``perm`` and ``step_key`` (``images`` is the
     fourth), and ``train_step`` and ``corrupt``.
   """
@@ -383,14 +383,14 @@ def build_jax_loop(model_name, loss_name, batch, precision, images, steps, *, mo
   if optimizer:
     config.optimizer.name = optimizer
   image_shape = tuple(images.shape[1:])
-  model = train.create_model(config)
-  tx = train.create_optimizer(config)
+  model = models.from_config(config)
+  tx = optimizers.create(config)
   corrupt = corruptions.parse(config.corruption, image_shape)
-  train_step = train.make_train_step(loss_fn=create_loss(config), corrupt=corrupt)
-  loop = train.make_train_loop(train_step, batch_size=batch,
+  train_step = steps.make_train_step(loss_fn=create_loss(config), corrupt=corrupt)
+  loop = loops.make_train_loop(train_step, batch_size=batch,
                                steps_per_epoch=images.shape[0] // batch, steps_per_call=steps)
   init_key, perm_key, step_key = jax.random.split(jax.random.key(seed), 3)
-  state = jax.jit(functools.partial(train.init_state, model, tx, image_shape))(init_key)
+  state = jax.jit(functools.partial(steps.init_state, model, tx, image_shape))(init_key)
   perm = jax.random.permutation(perm_key, images.shape[0])
   return dict(loop=loop, state=state, perm=perm, step_key=step_key, train_step=train_step,
               corrupt=corrupt)
@@ -460,8 +460,8 @@ def run_jax_eval(state, corrupt, precision, args) -> dict[str, Any]:
   """Compiles and times the test-split evaluation (``make_evaluate``)."""
   batch = min(args.eval_batch_size, args.eval_images)
   host = synthetic_images(args.eval_images, args.image_size, args.seed + 2)
-  test = jax.device_put(train.pad_to_multiple(host, batch))
-  evaluate = train.make_evaluate(train.make_eval_step(corrupt=corrupt),
+  test = jax.device_put(evaluation.pad_to_multiple(host, batch))
+  evaluate = evaluation.make_evaluate(steps.make_eval_step(corrupt=corrupt),
                                  num_examples=args.eval_images, batch_size=batch)
   key = jax.random.key(args.seed + 3)
   t = time.perf_counter()
@@ -591,20 +591,20 @@ def run_check(torch, tr, model_names, args, tol: float = 1e-4) -> list[dict[str,
       for model_name in model_names:
         config = make_config(model_name, "mse", batch, "float32", args.model_set)
         image_shape = (size, size, 3)
-        model = train.create_model(config)
-        tx = train.create_optimizer(config)
+        model = models.from_config(config)
+        tx = optimizers.create(config)
         corrupt = corruptions.parse(config.corruption, image_shape)
-        train_step = train.make_train_step(loss_fn=losses.create(config.loss), corrupt=corrupt)
-        loop = train.make_train_loop(train_step, batch_size=batch,
+        train_step = steps.make_train_step(loss_fn=losses.create(config.loss), corrupt=corrupt)
+        loop = loops.make_train_loop(train_step, batch_size=batch,
                                      steps_per_epoch=len(host) // batch, steps_per_call=1)
         init_key, perm_key, step_key = jax.random.split(jax.random.key(args.seed), 3)
-        state = jax.jit(functools.partial(train.init_state, model, tx, image_shape))(init_key)
+        state = jax.jit(functools.partial(steps.init_state, model, tx, image_shape))(init_key)
         params, stats = jax.device_get((state.params, state.batch_stats))
         images = jax.device_put(host)
         perm = jax.random.permutation(perm_key, len(host))
         perm_np = np.asarray(perm)
         # JAX: blur and forward of batch 0, then two library steps.
-        clean0 = train.to_float(jnp.asarray(host[perm_np[:batch]]))
+        clean0 = steps.to_float(jnp.asarray(host[perm_np[:batch]]))
         noisy0 = corrupt(jax.random.split(jax.random.key(0), batch), clean0)
         recon0, _ = model.apply({"params": params, "batch_stats": stats}, noisy0, train=True,
                                 mutable=["batch_stats"])

@@ -43,32 +43,32 @@ class Breakage:
 BREAKAGES = (
     Breakage(
         "swap_clean_noisy", "the model sees the clean image and learns to output the corrupted",
-        "jax_dae/train.py",
+        "jax_dae/steps.py",
         "    noisy = corrupt(corruptions.example_keys(corrupt_key, index), clean)\n",
         "    noisy, clean = clean, corrupt(corruptions.example_keys(corrupt_key, index), clean)\n",
         ("tests/test_objective.py", "tests/test_train.py")),
     Breakage(
         "no_corruption", "the training input is not corrupted",
-        "jax_dae/train.py",
+        "jax_dae/steps.py",
         "    noisy = corrupt(corruptions.example_keys(corrupt_key, index), clean)\n",
         "    noisy = clean\n",
         ("tests/test_objective.py", "tests/test_train.py")),
     Breakage(
         "gradients_averaged_twice", "gradients averaged over the data axis, then divided again",
-        "jax_dae/train.py",
+        "jax_dae/steps.py",
         "      grads = jax.lax.pmean(grads, axis_name)\n",
         "      grads = jax.tree.map(lambda g: g / jax.lax.psum(1, axis_name),\n"
         "                           jax.lax.pmean(grads, axis_name))\n",
         ("tests/test_api.py",)),
     Breakage(
         "no_weight_decay", "Adam's coupled L2 term dropped",
-        "jax_dae/train.py",
+        "jax_dae/optimizers.py",
         "    return optax.chain(optax.add_decayed_weights(opt.weight_decay), optax.adam(lr))\n",
         "    return optax.chain(optax.adam(lr))\n",
         ("tests/test_optimizers.py",)),
     Breakage(
         "no_batchnorm_update", "BatchNorm running statistics never updated",
-        "jax_dae/train.py",
+        "jax_dae/steps.py",
         "    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)\n",
         "    state = state.apply_gradients(grads=grads, batch_stats=state.batch_stats)\n",
         ("tests/test_train.py", "tests/test_objective.py")),

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_dae import plots, writers
+from jax_dae import models, plots, steps, writers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -282,13 +282,13 @@ def test_forward(config, image_shape: tuple[int, ...]):
 
   from jax_dae import corruptions, train
 
-  model = train.create_model(config, out_channels=image_shape[-1])
+  model = models.from_config(config, out_channels=image_shape[-1])
   corrupt = corruptions.parse(config.corruption, image_shape)
   eval_key = train.run_keys(config.seed)[3]
 
   @jax.jit
   def forward(variables, images, indices):
-    noisy = corrupt(corruptions.example_keys(eval_key, indices), train.to_float(images))
+    noisy = corrupt(corruptions.example_keys(eval_key, indices), steps.to_float(images))
     return noisy, model.apply(variables, noisy, train=False)
   return forward
 
@@ -311,7 +311,7 @@ def lpips_on_test_split(runs, *, batch_size: int = 64, weights=None) -> dict[str
   import jax.numpy as jnp
   from tqdm import tqdm
 
-  from jax_dae import data, metrics, train
+  from jax_dae import data, metrics
 
   configs = {name: config for name, (config, _) in runs.items()}
   first = next(iter(configs.values()))
@@ -327,7 +327,7 @@ def lpips_on_test_split(runs, *, batch_size: int = 64, weights=None) -> dict[str
   totals = {name: {"lpips": 0.0, "input_lpips": 0.0, "psnr": 0.0} for name in runs}
   for start in tqdm(range(0, len(test), batch_size), desc="LPIPS", unit="batch"):
     indices = np.arange(start, min(start + batch_size, len(test)))
-    clean = train.to_float(test[indices])
+    clean = steps.to_float(test[indices])
     noisy, outs = {}, []
     for name, (_, variables) in runs.items():
       x, out = forwards[name](variables, test[indices], indices)

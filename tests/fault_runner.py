@@ -1,37 +1,51 @@
-"""Runs `python -m jax_dae.main` and kills itself with SIGKILL at a chosen point.
+"""Runs `python -m jax_dae.main` with a fault injected at a chosen point.
 
-Used by tests/test_reliability.py. `JAX_DAE_FAULT` says where:
-  "write:N"  after the N-th metrics write (mid-epoch, between compiled calls)
-  "save:N"   right after the N-th checkpoint save has started (mid-write)
+Used by tests/test_reliability.py. `JAX_DAE_FAULT` says what and where:
+  "save:N"  before the N-th checkpoint save, waits until the earlier saves are
+            on disk; starts the N-th and is killed with SIGKILL while it is
+            being written (a checkpoint on disk, a later one in flight)
+  "nan:K"   the training loss becomes NaN from step K on (parameters stay finite)
 """
 
 import os
 import signal
 import sys
 
+import jax.numpy as jnp
 from absl import app
 
-from jax_dae import checkpoint, main, writers
+from jax_dae import checkpoint, main, steps
 
 where, count = os.environ["JAX_DAE_FAULT"].split(":")
-calls = {"n": 0}
+count = int(count)
 
+if where == "save":
+  calls = {"n": 0}
+  original_save = checkpoint.Checkpointer.save
 
-def _die_after(original):
-  def wrapper(*args, **kwargs):
-    result = original(*args, **kwargs)
+  def save_then_die(self, *args, **kwargs):
     calls["n"] += 1
-    if calls["n"] == int(count):
+    if calls["n"] == count:
+      self.wait()
+      original_save(self, *args, **kwargs)
       os.kill(os.getpid(), signal.SIGKILL)
-    return result
+    return original_save(self, *args, **kwargs)
 
-  return wrapper
+  checkpoint.Checkpointer.save = save_then_die
+elif where == "nan":
+  original_factory = steps.make_train_step
 
+  def nan_from_step(**kwargs):
+    step_fn = original_factory(**kwargs)
 
-if where == "write":
-  writers.MetricWriter.write_scalars = _die_after(writers.MetricWriter.write_scalars)
-elif where == "save":
-  checkpoint.Checkpointer.save = _die_after(checkpoint.Checkpointer.save)
+    def train_step(state, images, rng):
+      new_state, metrics = step_fn(state, images, rng)
+      bad = state.step + 1 >= count
+      return new_state, metrics | {"loss": jnp.where(bad, jnp.nan, metrics["loss"])}
+
+    return train_step
+
+  steps.make_train_step = nan_from_step
 else:
   sys.exit(f"unknown fault {where!r}")
 

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-from jax_dae import train, validation
+from jax_dae import models, validation
 
 CONFIGS = [
     ("lfw_cae", None), ("lfw_cae", "runlocal"), ("lfw_rescae", None), ("lfw_vcae", None),
@@ -28,8 +28,8 @@ def test_config_validates_and_model_fits_data(name, arg):
   config = importlib.import_module(f"configs.{name}").get_config(arg)
   validation.validate_config(config)
   shape = _image_shape(config)
-  model = train.create_model(config, out_channels=shape[-1])
-  train.check_model_fits_data(model, config.model.name, shape)
+  model = models.from_config(config, out_channels=shape[-1])
+  models.check_fits(model, config.model.name, shape)
   assert config.train.batch_size >= 1 and config.train.num_epochs >= 1
 
 
@@ -43,7 +43,7 @@ def test_faces64_bottleneck_reaches_only_the_dense_models():
   from configs import faces64_dense_ae, faces64_fcae
 
   def bottleneck(config):
-    return train.create_model(config).bottleneck
+    return models.from_config(config).bottleneck
 
   assert bottleneck(faces64_dense_ae.get_config()) == 1000  # the seed's final model
   assert bottleneck(faces64_dense_ae.get_config("bottleneck=128")) == 128

@@ -475,7 +475,7 @@ def test_corruptions_compile_into_one_scan_executable():
   corrupt = corruptions.parse(spec, image_shape=(16, 16, 3))
   steps, batch = 3, 4
 
-  # The shape of train.make_train_loop: draw per-example keys from
+  # The shape of loops.make_train_loop: draw per-example keys from
   # fold_in(key, step) and corrupt the batch inside the scan body.
   def loop(images, key):
     def body(total, step):

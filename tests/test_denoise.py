@@ -19,7 +19,7 @@ from absl import flags
 from PIL import Image
 
 from configs import lfw_cae
-from jax_dae import checkpoint, denoise, inference, train, writers
+from jax_dae import checkpoint, denoise, inference, models, optimizers, steps, writers
 
 ROOT = Path(__file__).resolve().parents[1]
 BLUR = "gaussian_blur(kernel=9,sigma=4)"
@@ -31,8 +31,8 @@ def _make_workdir(path: Path, *, mode: str, seed: int):
   config.data.mode = mode
   writers.write_json(path / "config.json", config.to_dict())
   channels = 1 if mode == "L" else 3
-  model = train.create_model(config, out_channels=channels)
-  state = train.init_state(model, train.create_optimizer(config), (32, 32, channels),
+  model = models.from_config(config, out_channels=channels)
+  state = steps.init_state(model, optimizers.create(config), (32, 32, channels),
                            jax.random.key(seed))
   ckpt = checkpoint.Checkpointer(path / "checkpoints")
   ckpt.save(1, state, metrics={"psnr": 1.0})

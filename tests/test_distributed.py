@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import lfw_cae
-from jax_dae import checkpoint, train
+from jax_dae import checkpoint, models, optimizers, steps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def _flags(shared_data, tmp_path, workdir, epochs):
       "--config.data.split.train=32", "--config.data.split.val=8", "--config.data.split.test=8",
       f"--config.train.num_epochs={epochs}", "--config.train.steps_per_call=2",
       "--config.train.eval_batch_size=8", "--config.train.num_samples=2",
-      # SGD: an exact comparison of reduction orders (see train.create_optimizer).
+      # SGD: an exact comparison of reduction orders (see optimizers.create).
       "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=0.05",
       f"--compilation_cache={ROOT / '.pytest_cache' / 'xla'}",
   ]
@@ -60,7 +60,7 @@ def _run_two_processes(args):
 def _state(workdir):
   config = lfw_cae.get_config("runlocal")
   config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.05
-  state = train.init_state(train.create_model(config), train.create_optimizer(config),
+  state = steps.init_state(models.from_config(config), optimizers.create(config),
                            (32, 32, 3), jax.random.key(0))
   return checkpoint.Checkpointer(Path(workdir) / "checkpoints").restore_latest(state)
 

@@ -9,7 +9,7 @@ import optax
 import pytest
 from skimage import data as skdata
 
-from jax_dae import losses, metrics, models, train
+from jax_dae import losses, metrics, models, steps
 from jax_dae.models import vgg
 
 
@@ -171,9 +171,9 @@ def test_perceptual_train_step_updates_the_model_not_vgg(weights_file):
   model = models.create("TinyCAE")
   tx = optax.adam(1e-3)
   # "rbg" keys: threefry's initialisers take far longer to compile on CPU.
-  init = jax.jit(lambda key: train.init_state(model, tx, (16, 16, 3), key))
+  init = jax.jit(lambda key: steps.init_state(model, tx, (16, 16, 3), key))
   state = init(jax.random.key(0, impl="rbg"))
-  step = jax.jit(train.make_train_step(loss_fn=losses.create(config), corrupt=lambda k, x: x))
+  step = jax.jit(steps.make_train_step(loss_fn=losses.create(config), corrupt=lambda k, x: x))
   images = np.random.default_rng(1).uniform(size=(4, 16, 16, 3)).astype(np.float32)
   new_state, out = step(state, images, jax.random.key(2, impl="rbg"))
   assert np.isfinite(float(out["loss"]))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_dae import train
+from jax_dae import loops
 from jax_dae.data import pipeline
 
 
@@ -35,7 +35,7 @@ class _CountingState:
 
 
 def _device_path_batches(images, data_key, *, batch_size, num_epochs):
-  """Batches that train.make_train_loop feeds its train_step (recorded as metrics)."""
+  """Batches that loops.make_train_loop feeds its train_step (recorded as metrics)."""
   n = len(images)
   steps_per_epoch = n // batch_size
 
@@ -43,7 +43,7 @@ def _device_path_batches(images, data_key, *, batch_size, num_epochs):
     del key
     return _CountingState(step=state.step + 1), {"batch": batch}
 
-  loop = train.make_train_loop(record, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+  loop = loops.make_train_loop(record, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
                                steps_per_call=steps_per_epoch)
   permutation = _device_permutation(data_key, n)
   state, out = _CountingState(step=jnp.zeros((), jnp.int32)), []

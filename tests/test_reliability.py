@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -13,74 +15,190 @@ import numpy as np
 import pytest
 
 from configs import lfw_cae
-from jax_dae import checkpoint, train
+from jax_dae import checkpoint, models, optimizers, steps, validation, workdir_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _flags(shared_data, tmp_path, workdir):
+# 64x64 faces, 8 steps per epoch, 3 epochs: a few seconds of training on 2
+# cores, in calls of about half a second, so a signal lands mid-run.
+EPOCHS, STEPS_PER_EPOCH = 3, 8
+TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
+
+
+def _flags(shared_data, workdir, *extra):
   return [
       "--config=configs/lfw_cae.py:runlocal", f"--workdir={workdir}",
-      f"--config.data.dir={shared_data}", f"--config.data.cache_dir={tmp_path / 'cache'}",
-      "--config.data.download=False", "--config.data.resize=64", "--config.data.crop=32",
-      "--config.data.split.train=32", "--config.data.split.val=8", "--config.data.split.test=8",
-      "--config.train.num_epochs=3", "--config.train.steps_per_call=2",
+      f"--config.data.dir={shared_data}",
+      f"--config.data.cache_dir={ROOT / '.pytest_cache' / 'data'}",
+      "--config.data.download=False", "--config.data.resize=64", "--config.data.crop=64",
+      "--config.data.split.train=64", "--config.data.split.val=8", "--config.data.split.test=8",
+      f"--config.train.num_epochs={EPOCHS}", "--config.train.seconds_per_call=0.5",
       "--config.train.eval_batch_size=8", "--config.train.num_samples=2",
       "--config.mesh.num_devices=1", f"--compilation_cache={ROOT / '.pytest_cache' / 'xla'}",
+      *extra,
   ]
 
 
-def _run(args, fault=None):
+def _env(fault=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=str(ROOT))
   if fault:
     env["JAX_DAE_FAULT"] = fault
-    cmd = [sys.executable, str(ROOT / "tests" / "fault_runner.py"), *args]
-  else:
-    cmd = [sys.executable, "-m", "jax_dae.main", *args]
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  return env
 
 
-def _final_params(workdir):
+def _cmd(args, fault=None):
+  if fault:
+    return [sys.executable, str(ROOT / "tests" / "fault_runner.py"), *args]
+  return [sys.executable, "-m", "jax_dae.main", *args]
+
+
+def _run(args, fault=None):
+  return subprocess.run(_cmd(args, fault), cwd=ROOT, env=_env(fault), capture_output=True,
+                        text=True, timeout=600)
+
+
+def _template():
   config = lfw_cae.get_config("runlocal")
-  model = train.create_model(config)
-  state = train.init_state(model, train.create_optimizer(config), (32, 32, 3),
-                           jax.random.key(0))
-  return jax.device_get(checkpoint.Checkpointer(Path(workdir) / "checkpoints")
-                        .restore_latest(state))
+  model = models.from_config(config)
+  return steps.init_state(model, optimizers.create(config), (64, 64, 3), jax.random.key(0))
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_and_mid_checkpoint_then_rerun_is_bit_identical(shared_data, tmp_path):
-  straight = tmp_path / "straight"
-  done = _run(_flags(shared_data, tmp_path, straight))
-  assert done.returncode == 0, done.stderr[-2000:]
+def _restore(workdir, step=None):
+  """The newest checkpoint (or the one of ``step``) of a run, on the host."""
+  ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
+  if step is not None:
+    assert step in ckpt.all_steps(), (step, ckpt.all_steps())
+  state = ckpt.restore_latest(_template()) if step is None else ckpt.restore(step, _template())
+  ckpt.close()
+  return jax.device_get(state)
 
-  faulty = tmp_path / "faulty"
-  args = _flags(shared_data, tmp_path, faulty)
-  # 4 steps per epoch, 2 per compiled call: the 3rd metrics write is mid-epoch 2.
-  killed = _run(args, fault="write:3")
-  assert killed.returncode == -signal.SIGKILL
-  assert not (faulty / "results.json").exists()
-  # Killed right after the 2nd checkpoint save was handed to the writer thread:
-  # epoch 2's write is torn or not begun.
-  killed = _run(args, fault="save:1")  # resumes at step 4; its first save is epoch 2's
-  assert killed.returncode == -signal.SIGKILL
-  finished = _run(args)
-  assert finished.returncode == 0, finished.stderr[-2000:]
 
-  a, b = _final_params(straight), _final_params(faulty)
-  assert int(a.step) == int(b.step) == 12
+def _assert_same_state(a, b):
+  assert int(a.step) == int(b.step)
   for x, y in zip(jax.tree.leaves((a.params, a.batch_stats, a.opt_state)),
                   jax.tree.leaves((b.params, b.batch_stats, b.opt_state)), strict=True):
     np.testing.assert_array_equal(x, y)
-  results = [json.loads((d / "results.json").read_text()) for d in (straight, faulty)]
+
+
+def _resumed_from(log: str) -> int:
+  match = re.search(r"Resuming from step (\d+)", log)
+  assert match, log[-3000:]
+  return int(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def straight(shared_data, tmp_path_factory):
+  """An uninterrupted run: its workdir."""
+  workdir = tmp_path_factory.mktemp("straight")
+  done = _run(_flags(shared_data, workdir))
+  assert done.returncode == 0, done.stderr[-3000:]
+  return workdir
+
+
+@pytest.mark.slow
+def test_sigint_stops_within_seconds_with_a_checkpoint_and_resumes_bit_identically(
+    shared_data, straight, tmp_path):
+  workdir = tmp_path / "interrupted"
+  args = _flags(shared_data, workdir)
+  proc = subprocess.Popen(_cmd(args), cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
+  # Read stderr until the first progress line with a rate (tqdm: "8/1536 [..., 12.3img/s").
+  seen = ""
+  while not re.search(r"[1-9]\d*/\d+ \[[^]]*\dimg/s", seen):
+    chunk = proc.stderr.read(1)
+    assert chunk, f"exited before any progress: {seen[-3000:]}"
+    seen += chunk
+  proc.send_signal(signal.SIGINT)
+  sent = time.time()
+  _, rest = proc.communicate(timeout=60)
+  stopped_in = time.time() - sent
+  log = seen + rest
+  assert proc.returncode == 128 + signal.SIGINT, log[-3000:]
+  assert stopped_in < 10, stopped_in
+  assert "Traceback" not in log
+  saved = checkpoint.Checkpointer(workdir / "checkpoints").latest_step()
+  assert saved is not None and 0 < saved < TOTAL_STEPS, saved  # stopped mid-run, saved
+  assert f"stopped by SIGINT at step {saved}" in log
+  assert not (workdir / "results.json").exists()
+
+  finished = _run(args)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  assert _resumed_from(finished.stderr) == saved
+  _assert_same_state(_restore(straight), _restore(workdir))
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_later_save_resumes_from_the_checkpoint_on_disk(
+    shared_data, straight, tmp_path):
+  workdir = tmp_path / "killed"
+  args = _flags(shared_data, workdir)
+  # The 1st save (end of epoch 1, step 8) is on disk; killed while epoch 2's is written.
+  killed = _run(args, fault="save:2")
+  assert killed.returncode == -signal.SIGKILL
+  assert checkpoint.Checkpointer(workdir / "checkpoints").latest_step() == STEPS_PER_EPOCH
+  finished = _run(args)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  assert _resumed_from(finished.stderr) == STEPS_PER_EPOCH
+  assert not list(workdir.rglob("*orbax-checkpoint-tmp*"))  # the torn save was cleaned up
+  _assert_same_state(_restore(straight), _restore(workdir))
+  results = [json.loads((d / "results.json").read_text()) for d in (straight, workdir)]
   assert results[0]["test"] == results[1]["test"]
+
+
+@pytest.mark.slow
+def test_nan_after_a_checkpoint_stops_and_keeps_that_checkpoint(shared_data, straight, tmp_path):
+  workdir = tmp_path / "nan"
+  nan_step = STEPS_PER_EPOCH + 3  # mid epoch 2, after epoch 1's checkpoint
+  result = _run(_flags(shared_data, workdir), fault=f"nan:{nan_step}")
+  assert result.returncode == 1
+  assert f"loss became nan at step {nan_step}" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (workdir / "results.json").exists()
+  kept = checkpoint.Checkpointer(workdir / "checkpoints").latest_step()
+  assert kept == STEPS_PER_EPOCH
+  _assert_same_state(_restore(straight, STEPS_PER_EPOCH), _restore(workdir))
+
+
+@pytest.mark.slow
+def test_rerun_with_another_batch_size_or_model_is_refused_and_more_epochs_continue(
+    shared_data, straight, tmp_path):
+  workdir = tmp_path / "rerun"
+  shutil.copytree(straight, workdir)
+  before = sorted(p.name for p in (workdir / "checkpoints" / "latest").iterdir())
+
+  refused = _run(_flags(shared_data, workdir, "--config.train.batch_size=16",
+                        f"--config.train.num_epochs={2 * EPOCHS}"))
+  assert refused.returncode != 0
+  assert "config.train.batch_size was 8, now 16" in refused.stderr
+  assert "--config.train.restart=True" in refused.stderr
+
+  # Allowed past the config check, a model with other parameters still cannot
+  # restore: the checkpoint's tree is named, not called damaged.
+  mismatch = _run(_flags(shared_data, workdir, "--config.model.name=TinyResCAE",
+                         "--config.train.allow_config_change=True"))
+  assert mismatch.returncode != 0
+  assert "damaged" not in mismatch.stderr
+  assert "params" in mismatch.stderr.splitlines()[-1]
+  assert sorted(p.name for p in (workdir / "checkpoints" / "latest").iterdir()) == before
+
+  longer = _run(_flags(shared_data, workdir, f"--config.train.num_epochs={EPOCHS + 1}"))
+  assert longer.returncode == 0, longer.stderr[-3000:]
+  assert _resumed_from(longer.stderr) == TOTAL_STEPS
+  assert json.loads((workdir / "results.json").read_text())["step"] == TOTAL_STEPS + STEPS_PER_EPOCH
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
+  with workdir_lock.hold(tmp_path):
+    result = _run(["--config=configs/lfw_cae.py:runlocal", f"--workdir={tmp_path}"])
+  assert result.returncode != 0
+  assert f"pid {os.getpid()}" in result.stderr
+  assert "Traceback" not in result.stderr
 
 
 def test_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog):
   config = lfw_cae.get_config("runlocal")
-  model = train.create_model(config)
-  state = train.init_state(model, train.create_optimizer(config), (16, 16, 3),
+  model = models.from_config(config)
+  state = steps.init_state(model, optimizers.create(config), (16, 16, 3),
                            jax.random.key(0))
   ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
   ckpt.save(1, state.replace(step=1))
@@ -94,19 +212,6 @@ def test_damaged_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog):
     restored = checkpoint.Checkpointer(tmp_path / "ckpt").restore_latest(state)
   assert int(restored.step) == 1
   assert any("2" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
-
-
-def test_nan_loss_stops_with_step_and_quantity_and_keeps_last_checkpoint(shared_data, tmp_path):
-  args = _flags(shared_data, tmp_path, tmp_path / "nan")
-  # A huge learning rate blows the parameters up within the second epoch.
-  result = _run([*args, "--config.optimizer.learning_rate=1e12"])
-  assert result.returncode == 1
-  err = result.stderr
-  assert "became nan" in err or "became inf" in err
-  assert "at step" in err
-  latest = checkpoint.Checkpointer(tmp_path / "nan" / "checkpoints").latest_step()
-  assert latest is None or latest % 4 == 0  # only completed epochs were saved
-  assert not (tmp_path / "nan" / "results.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -130,7 +235,7 @@ def test_config_errors_name_the_field_and_the_allowed_values(field, value, messa
   parent, _, leaf = field.rpartition(".")
   setattr(config.get(parent) if parent else config, leaf, value)
   with pytest.raises(ValueError) as info:
-    train.validate_config(config)
+    validation.validate_config(config)
   assert message in str(info.value)
   assert "\n" not in str(info.value)
 
@@ -138,9 +243,9 @@ def test_config_errors_name_the_field_and_the_allowed_values(field, value, messa
 def test_model_incompatible_with_data_shape_is_one_line():
   config = lfw_cae.get_config()
   config.model.name = "MnistDAE"
-  model = train.create_model(config, out_channels=3)
+  model = models.from_config(config, out_channels=3)
   with pytest.raises(ValueError) as info:
-    train.check_model_fits_data(model, "MnistDAE", (112, 112, 3))
+    models.check_fits(model, "MnistDAE", (112, 112, 3))
   assert "config.model.name='MnistDAE'" in str(info.value)
   assert "\n" not in str(info.value)
 
@@ -148,7 +253,7 @@ def test_model_incompatible_with_data_shape_is_one_line():
 def test_cli_reports_config_error_in_one_line_without_traceback(tmp_path):
   result = _run(["--config=configs/lfw_cae.py", f"--workdir={tmp_path}",
                  "--config.model.name=Nope"])
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert "Traceback" not in result.stderr
   assert "error: config.model.name='Nope' is unknown" in result.stderr
 
@@ -156,8 +261,8 @@ def test_cli_reports_config_error_in_one_line_without_traceback(tmp_path):
 def test_background_save_survives_the_callers_buffers_being_donated(tmp_path):
   """save() returns before writing; the train loop then donates (frees) the state's buffers."""
   config = lfw_cae.get_config("runlocal")
-  model = train.create_model(config)
-  state = train.init_state(model, train.create_optimizer(config), (16, 16, 3),
+  model = models.from_config(config)
+  state = steps.init_state(model, optimizers.create(config), (16, 16, 3),
                            jax.random.key(0)).replace(step=jax.numpy.asarray(3))
   want = jax.device_get(state)
   ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import lfw_cae
-from jax_dae import corruptions, data, inference, metrics, train
+from jax_dae import corruptions, data, inference, metrics, models, steps, train
 from jax_dae.models import vgg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -65,9 +65,9 @@ def test_exported_variables_reproduce_the_runs_test_psnr_and_give_lpips(shared_d
   assert scores["pixelated"]["input_lpips"] != pytest.approx(got["input_lpips"], abs=1e-4)
   # One pair checked against the plain metric.
   test = np.asarray(data.load(config.data)["test"])
-  model = train.create_model(config, out_channels=test.shape[-1])
+  model = models.from_config(config, out_channels=test.shape[-1])
   corrupt = corruptions.parse(config.corruption, test.shape[1:])
-  clean = train.to_float(test)
+  clean = steps.to_float(test)
   noisy = corrupt(corruptions.example_keys(train.run_keys(config.seed)[3], np.arange(len(test))),
                   clean)
   out = model.apply(variables, noisy, train=False)

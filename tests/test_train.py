@@ -12,7 +12,17 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import lfw_cae
-from jax_dae import checkpoint, corruptions, losses, models, train
+from jax_dae import (
+  checkpoint,
+  corruptions,
+  distributed,
+  loops,
+  losses,
+  models,
+  optimizers,
+  steps,
+  train,
+)
 
 
 def _tiny_config():
@@ -32,11 +42,11 @@ def _images(n, size=16, seed=0):
 def setup():
   config = _tiny_config()
   config.optimizer.learning_rate = 3e-3  # a few steps must show learning
-  model = train.create_model(config)
-  tx = train.create_optimizer(config)
+  model = models.from_config(config)
+  tx = optimizers.create(config)
   corrupt = corruptions.parse("gaussian_blur(kernel=3,sigma=1)")
-  step = train.make_train_step(loss_fn=losses.create(config.loss), corrupt=corrupt)
-  state = train.init_state(model, tx, (16, 16, 3), jax.random.key(0))
+  step = steps.make_train_step(loss_fn=losses.create(config.loss), corrupt=corrupt)
+  state = steps.init_state(model, tx, (16, 16, 3), jax.random.key(0))
   return config, model, tx, corrupt, step, state
 
 
@@ -83,14 +93,14 @@ def test_one_and_eight_devices_give_the_same_update(setup):
   # rounding noise in the (BatchNorm-cancelled, ~0) conv-bias gradients into
   # full-size updates that differ with the reduction order of any two runs.
   _, model, _, _, step, _ = setup
-  state = train.init_state(model, optax.sgd(0.05), (16, 16, 3), jax.random.key(0))
+  state = steps.init_state(model, optax.sgd(0.05), (16, 16, 3), jax.random.key(0))
   images = _images(16, seed=1)
   perm = jnp.arange(16)
   results = []
   for n in (1, 8):
-    mesh = train.make_mesh(n)
-    loop = train.make_train_loop(step, batch_size=8, steps_per_epoch=2, steps_per_call=2,
-                                 batch_sharding=NamedSharding(mesh, P(train.DATA_AXIS)))
+    mesh = distributed.make_mesh(n)
+    loop = loops.make_train_loop(step, batch_size=8, steps_per_epoch=2, steps_per_call=2,
+                                 batch_sharding=NamedSharding(mesh, P(distributed.DATA_AXIS)))
     replicated = NamedSharding(mesh, P())
     s = jax.device_put(jax.tree.map(jnp.copy, state), replicated)  # the loop donates it
     out, _ = loop(s, jax.device_put(images, replicated), perm, jax.random.key(3))
@@ -115,7 +125,7 @@ def test_scan_draws_batches_by_permutation_and_fresh_noise_per_step():
   class S:  # any pytree with a step counter will do for the spy
     step: jax.Array
 
-  loop = train.make_train_loop(spy, batch_size=2, steps_per_epoch=3, steps_per_call=3)
+  loop = loops.make_train_loop(spy, batch_size=2, steps_per_epoch=3, steps_per_call=3)
   perm = jnp.array([5, 0, 3, 1, 4, 2])
   final, metrics = loop(S(jnp.array(0)), images, perm, jax.random.key(7))
   np.testing.assert_array_equal(metrics["first"], [[5, 0], [3, 1], [4, 2]])
@@ -220,7 +230,7 @@ def test_streaming_from_host_trains_exactly_like_device_resident_data(shared_dat
   # last float32 bits: the host evaluator adds per-batch sums in another order.)
   assert host["test"] == pytest.approx(device["test"], rel=1e-5)
   states = [checkpoint.Checkpointer(tmp_path / d / "checkpoints").restore_latest(
-      train.init_state(train.create_model(_tiny_config()), train.create_optimizer(_tiny_config()),
+      steps.init_state(models.from_config(_tiny_config()), optimizers.create(_tiny_config()),
                        (32, 32, 3), jax.random.key(0))) for d in ("device", "host")]
   for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params),
                   strict=True):

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jax_dae import losses, models, train
+from jax_dae import losses, models, steps
 from jax_dae.models import cae
 
 
@@ -85,10 +85,10 @@ def test_sown_kl_is_the_batch_mean_of_the_summed_kl(tiny):
 def test_train_step_loss_decreases_and_reports_kl(tiny):
   """20 Adam steps of TinyVCAE on a fixed 16x16 batch; the KL is one of the loss terms."""
   model, variables, _ = tiny
-  state = train.TrainState.create(apply_fn=model.apply, params=variables["params"],
+  state = steps.TrainState.create(apply_fn=model.apply, params=variables["params"],
                                   batch_stats=variables["batch_stats"], tx=optax.adam(3e-3))
   loss_fn = losses.create(ml_collections.ConfigDict({"name": "mse", "kl_weight": 1e-3}))
-  step = train.make_train_step(loss_fn=loss_fn, corrupt=lambda keys, x: x)
+  step = steps.make_train_step(loss_fn=loss_fn, corrupt=lambda keys, x: x)
   # A smooth fixed batch (a learnable target for a tiny model).
   yy, xx = jnp.meshgrid(jnp.linspace(0, 1, 16), jnp.linspace(0, 1, 16), indexing="ij")
   images = jnp.stack([jnp.stack([xx, yy, (xx + yy) / 2], -1) * s for s in (0.4, 0.6, 0.8, 1.0)])

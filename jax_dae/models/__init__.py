@@ -12,6 +12,9 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
 
 from jax_dae.models import dual, graz, mnist
 from jax_dae.models.cae import CAE, VCAE, ResidualBlock
@@ -25,6 +28,9 @@ TinyResCAE = functools.partial(TinyCAE, num_res_blocks=1)
 # Used for testing only.
 TinyVCAE = functools.partial(VCAE, encoder_features=(8, 8, 8, 16), decoder_features=(16, 8, 8),
                              stem_kernel=3)
+
+# Compute dtypes a model may run in (parameters stay float32).
+DTYPES = ("float32", "bfloat16")
 
 _REGISTRY: dict[str, Any] = {
     "CAE": CAE,
@@ -80,4 +86,33 @@ def create(name: str, **kwargs) -> nn.Module:
   return _REGISTRY[name](**kwargs)
 
 
-__all__ = ["CAE", "VCAE", "ResidualBlock", "ResCAE", "TinyCAE", "TinyVCAE", "available", "create"]
+def from_config(config: ml_collections.ConfigDict, *, bn_axis_name: str | None = None,
+                 out_channels: int | None = None) -> nn.Module:
+  """The model named by ``config.model.name`` in ``config.model.dtype``."""
+  if config.model.dtype not in DTYPES:
+    raise ValueError(f"config.model.dtype={config.model.dtype!r} is unknown; allowed: "
+                     f"{', '.join(DTYPES)}.")
+  kwargs = {k: v for k, v in config.model.items() if k not in ("name", "dtype")}
+  kwargs["dtype"] = jnp.dtype(config.model.dtype)
+  if bn_axis_name is not None:
+    kwargs["bn_axis_name"] = bn_axis_name
+  if out_channels is not None:
+    kwargs["out_channels"] = out_channels
+  return create(config.model.name, **kwargs)
+
+
+def check_fits(model: nn.Module, name: str, image_shape: tuple[int, ...]) -> None:
+  """Raises a one-line error if the model cannot map images of this shape to themselves."""
+  try:
+    out = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, *image_shape)))[0])
+  except Exception as e:  # Shape errors surface as many exception types.
+    raise ValueError(f"config.model.name={name!r} cannot take images of shape {image_shape} "
+                     f"from config.data: {str(e).splitlines()[0]}") from None
+  if out.shape[1:] != tuple(image_shape):
+    raise ValueError(f"config.model.name={name!r} maps images of shape {image_shape} to "
+                     f"{out.shape[1:]}; pick a model made for config.data's image size.")
+
+
+__all__ = ["CAE", "DTYPES", "VCAE", "ResidualBlock", "ResCAE", "TinyCAE", "TinyVCAE", "available",
+           "check_fits", "create", "from_config"]
