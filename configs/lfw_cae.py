@@ -4,7 +4,12 @@ Command:
   python -m jax_dae.main --config=configs/lfw_cae.py --workdir=runs/lfw_cae \
       --config.data.dir=../shared/data
 
-Smoke setting (about a minute on a 2-core CPU):
+Smoke setting (about 2 minutes on a 2-core CPU): the same task on 32x32 faces
+(resize 64, centre crop 32) with SmallCAE, 2048 training images, 4 epochs at
+batch 8 and learning rate 2e-3. It shows denoising working: the test PSNR ends
+about 3 dB above the blurred input's (20.2 dB) and the faces in
+samples/test.png are recognisable; it says nothing about the full model's
+numbers.
   python -m jax_dae.main --config=configs/lfw_cae.py:runlocal --workdir=runs/smoke \
       --config.data.dir=../shared/data
 
@@ -20,5 +25,8 @@ def get_config(arg: str | None = None):
   args = default.parse_arg(arg, runlocal=False)
   config = default.get_config()
   if args.runlocal:
-    default.runlocal(config, "TinyCAE")
+    default.runlocal(config, "SmallCAE", split={"test": 256, "val": 64, "train": 2048},
+                     num_epochs=4)
+    config.data.resize, config.data.crop = 64, 32
+    config.optimizer.learning_rate = 2e-3
   return config
