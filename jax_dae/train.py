@@ -161,9 +161,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path) -> Run:
   """Data, mesh, model, state (restored when the workdir has one), feed, evaluators, compiles."""
   clock = PhaseClock()
   if jax.default_backend() == "cpu":
-    logging.warning("No accelerator found: training on the CPU, which is far slower; the run's "
-                    "time is estimated after its first steps. A smoke setting: add :runlocal "
-                    "to --config (about 3 minutes on a laptop).")
+    logging.warning("No accelerator found: training on the CPU, far slower than on a GPU; the "
+                    "time this run needs is estimated after its first steps.")
   # Data first: a missing dataset should fail before anything compiles.
   with clock("data"):
     splits = data.load(config.data)
@@ -335,8 +334,12 @@ def _train_call(run: Run, state, step: int, epoch_end: int, sizer: loops.CallSiz
     progress.eta_said = True
     rate = count * batch_size / call_s
     left = run.num_steps - step - count
-    logging.info("Training at %.1f img/s on %s: about %s for the %d steps left.", rate,
-                 jax.default_backend(), _humanize(left * batch_size / rate), left)
+    seconds = left * batch_size / rate
+    hint = ("; for a quick result on a CPU, stop (Ctrl-C) and add :runlocal to --config (a "
+            "smoke setting of a few minutes)" if jax.default_backend() == "cpu" and seconds > 900
+            else "")
+    logging.info("Training at %.1f img/s on %s: about %s for the %d steps left%s.", rate,
+                 jax.default_backend(), _humanize(seconds), left, hint)
   return state, call_metrics["loss"]
 
 
