@@ -84,7 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def open_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
-  """Starts over, or checks that a rerun may resume; writes ``config.json``."""
+  """Starts over, or checks that a rerun may resume (``build_run`` writes ``config.json``)."""
   main_process = distributed.is_main_process()
   if config.train.restart:
     moved = resume.start_over(workdir) if main_process else None
@@ -92,8 +92,6 @@ def open_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
       logging.warning("config.train.restart: the previous run was moved to %s.", moved)
   elif any((workdir / "checkpoints").glob("*/[0-9]*")):
     resume.check_config_change(workdir, config)
-  if main_process:
-    writers.write_json(workdir / "config.json", config.to_dict())
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -188,8 +186,14 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     state = jax.jit(functools.partial(steps.init_state, model, optimizers.create(config),
                                       image_shape), out_shardings=replicated)(init_key)
     state = ckpt.restore_latest(state)
+  # Recorded once the checkpoint fits: a refused rerun leaves the run's config as it was.
+  if distributed.is_main_process():
+    writers.write_json(workdir / "config.json", config.to_dict())
   start_step = int(state.step)
-  if start_step:
+  if start_step >= steps_per_epoch * config.train.num_epochs:
+    logging.info("Resuming from step %d: training is complete (%d epochs); evaluating.",
+                 start_step, start_step // steps_per_epoch)
+  elif start_step:
     logging.info("Resuming from step %d (epoch %d of %d, %d of its %d steps done).", start_step,
                  start_step // steps_per_epoch + 1, config.train.num_epochs,
                  start_step % steps_per_epoch, steps_per_epoch)
@@ -285,28 +289,30 @@ def train(run: Run, stop: stopping.StopRequest) -> Any:
                             disable=not distributed.is_main_process()))
   last_save = time.time()
   stop.arm()
-  for epoch in range(start_step // spe, config.train.num_epochs):
-    if config.train.patience and epoch - (ckpt.best_step() or 0) // spe >= config.train.patience:
-      logging.info("Early stop after epoch %d: no better validation PSNR for %d epochs.",
-                   epoch, config.train.patience)
-      break
-    run.feed.start_epoch(epoch)
-    progress.bar.set_description(f"epoch {epoch + 1}/{config.train.num_epochs}")
-    epoch_end, epoch_losses = (epoch + 1) * spe, []
-    while step < epoch_end:
-      state, losses_of_call = _train_call(run, state, step, epoch_end, sizer, progress)
-      step += len(losses_of_call)
-      epoch_losses.append(losses_of_call)
-      every = config.train.checkpoint_every_s
-      if step < epoch_end and (stop or (every and time.time() - last_save >= every)):
-        with clock("checkpoint"):
-          ckpt.save(step, state)
-        last_save = time.time()
-        _stop_if_asked(run, stop, step)
-    _end_epoch(run, state, epoch, float(np.mean(np.concatenate(epoch_losses))))
-    last_save = time.time()
-    _stop_if_asked(run, stop, step)
-  progress.bar.close()
+  try:  # the bar is cleared on any exit, so an error starts its own line
+    for epoch in range(start_step // spe, config.train.num_epochs):
+      if config.train.patience and epoch - (ckpt.best_step() or 0) // spe >= config.train.patience:
+        logging.info("Early stop after epoch %d: no better validation PSNR for %d epochs.",
+                     epoch, config.train.patience)
+        break
+      run.feed.start_epoch(epoch)
+      progress.bar.set_description(f"epoch {epoch + 1}/{config.train.num_epochs}")
+      epoch_end, epoch_losses = (epoch + 1) * spe, []
+      while step < epoch_end:
+        state, losses_of_call = _train_call(run, state, step, epoch_end, sizer, progress)
+        step += len(losses_of_call)
+        epoch_losses.append(losses_of_call)
+        every = config.train.checkpoint_every_s
+        if step < epoch_end and (stop or (every and time.time() - last_save >= every)):
+          with clock("checkpoint"):
+            ckpt.save(step, state)
+          last_save = time.time()
+          _stop_if_asked(run, stop, step)
+      _end_epoch(run, state, epoch, float(np.mean(np.concatenate(epoch_losses))))
+      last_save = time.time()
+      _stop_if_asked(run, stop, step)
+  finally:
+    progress.bar.close()
   run.train_s, run.train_images = progress.train_s, progress.images
   return state
 

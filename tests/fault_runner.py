@@ -5,13 +5,16 @@ Used by tests/test_reliability.py. `JAX_DAE_FAULT` says what and where:
             on disk; starts the N-th and is killed with SIGKILL while it is
             being written (a checkpoint on disk, a later one in flight)
   "nan:K"   the training loss becomes NaN from step K on (parameters stay finite)
+  "enospc:N" the N-th write of a checkpoint (Orbax's save) fails as on a full disk
 """
 
+import errno
 import os
 import signal
 import sys
 
 import jax.numpy as jnp
+import orbax.checkpoint as ocp
 from absl import app
 
 from jax_dae import checkpoint, main, steps
@@ -46,6 +49,17 @@ elif where == "nan":
     return train_step
 
   steps.make_train_step = nan_from_step
+elif where == "enospc":
+  writes = {"n": 0}
+  original_write = ocp.CheckpointManager.save
+
+  def write_or_fail(self, *args, **kwargs):
+    writes["n"] += 1
+    if writes["n"] >= count:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return original_write(self, *args, **kwargs)
+
+  ocp.CheckpointManager.save = write_or_fail
 else:
   sys.exit(f"unknown fault {where!r}")
 
