@@ -430,7 +430,9 @@ class Checkpointer:
       if leftovers:
         manager.reload()
     steps = self._best.all_steps()
-    if len(steps) > 1:
+    # Across processes Orbax's delete is collective: it is left to the saves,
+    # which all processes make.
+    if len(steps) > 1 and not self._multiprocess:
       keep = self._best.best_step()
       keep = steps[-1] if keep is None else keep
       for step in steps:
@@ -533,7 +535,7 @@ class Checkpointer:
   def _fail(self, e: Exception, step: int, manager: ocp.CheckpointManager) -> None:
     folder = Path(os.fspath(manager.directory))
     # The failed step's partial folder: remove it now, freeing what it took.
-    for path in folder.glob(f"{step}{TMP_SUFFIX}*"):
+    for path in folder.glob(f"{step}{TMP_SUFFIX}*") if jax.process_index() == 0 else ():
       shutil.rmtree(path, ignore_errors=True)
     with contextlib.suppress(Exception):
       self._latest.reload()
