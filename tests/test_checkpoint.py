@@ -162,12 +162,15 @@ def test_damaged_newest_falls_back_then_the_same_step_is_saved_again(tmp_path, c
     # The rerun retrains step 2 (here: other values) and saves it again.
     ckpt.save(2, state(step=2, seed=3), metrics={"psnr": 11.0})
 
+  caplog.clear()
   with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
     assert ckpt.latest_step() == 2 and ckpt.best_step() == 2
     for restore in (ckpt.restore_latest, ckpt.restore_best):
       restored = restore(state())
       assert int(restored.step) == 2
       _assert_same(restored.params, state(seed=3).params)
+  # Both were rewritten: neither was skipped as damaged.
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
   assert [p.name for p in (tmp_path / "ckpt" / "best").iterdir()] == ["2"]
 
 
