@@ -77,16 +77,25 @@ def test_two_processes_match_one_process_and_resume(shared_data, tmp_path):
                         cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
 
-  a, b = _state(multi), _state(single)
-  assert int(a.step) == int(b.step) == 8
-  for x, y in zip(jax.tree.leaves((a.params, a.batch_stats)),
-                  jax.tree.leaves((b.params, b.batch_stats)), strict=True):
-    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  _assert_close(_state(multi), _state(single), step=8)
   results = json.loads((multi / "results.json").read_text())
   assert len(results["devices"]) == 4  # one global mesh over both processes
 
-  # The same 2-process command with one more epoch resumes from step 8.
-  _run_two_processes(_flags(shared_data, tmp_path, multi, epochs=3))
-  assert int(_state(multi).step) == 12
+  # The same 2-process command with one more epoch resumes from step 8 on both
+  # processes, and its resumed values follow the 1-process run resumed alike.
+  outs = _run_two_processes(_flags(shared_data, tmp_path, multi, epochs=3))
+  assert all("Resuming from step 8" in err for _, err in outs)
+  resumed = subprocess.run([sys.executable, "-m", "jax_dae.main",
+                            *_flags(shared_data, tmp_path, single, epochs=3)],
+                           cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  _assert_close(_state(multi), _state(single), step=12)
   rows = [json.loads(line) for line in (multi / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in rows if "epoch" in r] == [1, 2, 3]  # written by process 0 only
+
+
+def _assert_close(a, b, *, step):
+  assert int(a.step) == int(b.step) == step
+  for x, y in zip(jax.tree.leaves((a.params, a.batch_stats)),
+                  jax.tree.leaves((b.params, b.batch_stats)), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
