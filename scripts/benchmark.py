@@ -3,7 +3,7 @@ r"""Training throughput of jax_dae against the same model in PyTorch (issue 9).
 What is measured, per row of the grid {model} x {loss} x {batch} x {precision}:
 
 * jax_dae: the library's own fused loop, ``loops.make_train_loop`` around
-  ``steps.make_train_step`` (built from ``create_model``, ``create_optimizer``,
+  ``step_api.make_train_step`` (built from ``create_model``, ``create_optimizer``,
   ``corruptions.parse`` and ``losses.create`` on ``configs/default.py``), i.e.
   ``--steps_per_call`` steps per compiled call in a ``lax.scan`` over uint8
   images resident on the device; each step takes a batch by a permuted index,
@@ -109,7 +109,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from configs import default as default_config  # noqa: E402
-from jax_dae import corruptions, evaluation, loops, losses, models, optimizers, steps, writers  # noqa: E402
+from jax_dae import corruptions, evaluation, loops, losses, models, optimizers, writers  # noqa: E402
+from jax_dae import steps as step_api  # noqa: E402  (`steps` is a count here)
 from jax_dae.models import vgg  # noqa: E402
 
 CORRUPTION = "gaussian_blur(kernel=9,sigma=4)"
@@ -386,11 +387,11 @@ def build_jax_loop(model_name, loss_name, batch, precision, images, steps, *, mo
   model = models.from_config(config)
   tx = optimizers.create(config)
   corrupt = corruptions.parse(config.corruption, image_shape)
-  train_step = steps.make_train_step(loss_fn=create_loss(config), corrupt=corrupt)
+  train_step = step_api.make_train_step(loss_fn=create_loss(config), corrupt=corrupt)
   loop = loops.make_train_loop(train_step, batch_size=batch,
                                steps_per_epoch=images.shape[0] // batch, steps_per_call=steps)
   init_key, perm_key, step_key = jax.random.split(jax.random.key(seed), 3)
-  state = jax.jit(functools.partial(steps.init_state, model, tx, image_shape))(init_key)
+  state = jax.jit(functools.partial(step_api.init_state, model, tx, image_shape))(init_key)
   perm = jax.random.permutation(perm_key, images.shape[0])
   return dict(loop=loop, state=state, perm=perm, step_key=step_key, train_step=train_step,
               corrupt=corrupt)
@@ -461,7 +462,7 @@ def run_jax_eval(state, corrupt, precision, args) -> dict[str, Any]:
   batch = min(args.eval_batch_size, args.eval_images)
   host = synthetic_images(args.eval_images, args.image_size, args.seed + 2)
   test = jax.device_put(evaluation.pad_to_multiple(host, batch))
-  evaluate = evaluation.make_evaluate(steps.make_eval_step(corrupt=corrupt),
+  evaluate = evaluation.make_evaluate(step_api.make_eval_step(corrupt=corrupt),
                                  num_examples=args.eval_images, batch_size=batch)
   key = jax.random.key(args.seed + 3)
   t = time.perf_counter()
@@ -594,17 +595,17 @@ def run_check(torch, tr, model_names, args, tol: float = 1e-4) -> list[dict[str,
         model = models.from_config(config)
         tx = optimizers.create(config)
         corrupt = corruptions.parse(config.corruption, image_shape)
-        train_step = steps.make_train_step(loss_fn=losses.create(config.loss), corrupt=corrupt)
+        train_step = step_api.make_train_step(loss_fn=losses.create(config.loss), corrupt=corrupt)
         loop = loops.make_train_loop(train_step, batch_size=batch,
                                      steps_per_epoch=len(host) // batch, steps_per_call=1)
         init_key, perm_key, step_key = jax.random.split(jax.random.key(args.seed), 3)
-        state = jax.jit(functools.partial(steps.init_state, model, tx, image_shape))(init_key)
+        state = jax.jit(functools.partial(step_api.init_state, model, tx, image_shape))(init_key)
         params, stats = jax.device_get((state.params, state.batch_stats))
         images = jax.device_put(host)
         perm = jax.random.permutation(perm_key, len(host))
         perm_np = np.asarray(perm)
         # JAX: blur and forward of batch 0, then two library steps.
-        clean0 = steps.to_float(jnp.asarray(host[perm_np[:batch]]))
+        clean0 = step_api.to_float(jnp.asarray(host[perm_np[:batch]]))
         noisy0 = corrupt(jax.random.split(jax.random.key(0), batch), clean0)
         recon0, _ = model.apply({"params": params, "batch_stats": stats}, noisy0, train=True,
                                 mutable=["batch_stats"])

@@ -167,8 +167,8 @@ def test_list_fields_prints_every_field_with_overrides_applied():
   assert result.stderr.strip() == ""
   lines = result.stdout.splitlines()
   assert "config.train.batch_size = 16" in lines
-  assert "config.model.name = 'TinyCAE'" in lines
-  assert "config.data.split.train = 128" in lines
+  assert "config.model.name = 'SmallCAE'" in lines
+  assert "config.data.split.train = 2048" in lines
   expected = validation.fields(lfw_cae.get_config("runlocal"))
   assert [line.split(" = ")[0] for line in lines] == list(expected)
 
