@@ -87,6 +87,12 @@ def main(argv):
       # A clean stop on SIGINT or SIGTERM, not an error: say where it stopped
       # and exit as the signal would have.
       print(e, file=sys.stderr)
+      if e.abandoned:
+        # A compiled call is still running on the devices: the interpreter's
+        # exit would wait for it, though its result is not wanted.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + e.signum)
       sys.exit(128 + e.signum)
 
 

@@ -263,6 +263,10 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path) -> Run:
              pictures=pictures)
 
 
+# How long a stop waits for the running call before abandoning it.
+_STOP_PATIENCE_S = 2.0
+
+
 @dataclasses.dataclass
 class _Progress:
   """Training time and throughput, and the bar that shows them."""
@@ -271,6 +275,7 @@ class _Progress:
   train_s: float = 0.0
   images: int = 0
   eta_said: bool = False
+  last_call_s: float | None = None
 
 
 def train(run: Run, stop: stopping.StopRequest) -> Any:
@@ -299,7 +304,7 @@ def train(run: Run, stop: stopping.StopRequest) -> Any:
       progress.bar.set_description(f"epoch {epoch + 1}/{config.train.num_epochs}")
       epoch_end, epoch_losses = (epoch + 1) * spe, []
       while step < epoch_end:
-        state, losses_of_call = _train_call(run, state, step, epoch_end, sizer, progress)
+        state, losses_of_call = _train_call(run, state, step, epoch_end, sizer, progress, stop)
         step += len(losses_of_call)
         epoch_losses.append(losses_of_call)
         every = config.train.checkpoint_every_s
@@ -318,17 +323,35 @@ def train(run: Run, stop: stopping.StopRequest) -> Any:
 
 
 def _train_call(run: Run, state, step: int, epoch_end: int, sizer: loops.CallSizer,
-                progress: _Progress) -> tuple[Any, np.ndarray]:
-  """One compiled call from ``step``: metrics written, progress shown; (state, its losses)."""
+                progress: _Progress, stop: stopping.StopRequest) -> tuple[Any, np.ndarray]:
+  """One compiled call from ``step``: metrics written, progress shown; (state, its losses).
+
+  A stop that the call does not answer within a few seconds abandons it and
+  saves the state it started from.
+  """
   batch_size = run.config.train.batch_size
   count = sizer.next(epoch_end - step) if run.feed.sized_by_time else None
   t = time.time()
+  # Where calls are slower than a stop may wait (a CPU, one step a call), keep
+  # the state the call starts from on the host: the call donates ``state``,
+  # and a copy on the devices would only be readable after the call.
+  slow = progress.last_call_s is None or progress.last_call_s > _STOP_PATIENCE_S
+  before = distributed.to_host(state) if slow and jax.process_count() == 1 else None
   state, call_metrics = run.feed.run(state, count)
+  if (not stopping.wait_ready(call_metrics, stop, patience=_STOP_PATIENCE_S)
+      and before is not None):
+    logging.warning("The running call did not finish within %.0f s of the stop: saving the "
+                    "state before it.", _STOP_PATIENCE_S)
+    with run.clock("checkpoint"):
+      run.ckpt.save(step, before)
+    _stop_if_asked(run, stop, step, abandoned=True)
+  del before
   call_metrics = distributed.to_host(call_metrics)
   call_s = time.time() - t
   count = count or len(call_metrics["loss"])
   call_metrics = {k: v[:count] for k, v in call_metrics.items()}
   sizer.record(count, call_s)
+  progress.last_call_s = call_s
   _check_finite(call_metrics, step)
   progress.train_s += call_s
   progress.images += count * batch_size
@@ -372,14 +395,15 @@ def _end_epoch(run: Run, state, epoch: int, epoch_loss: float) -> None:
                           clean / 255.0)
 
 
-def _stop_if_asked(run: Run, stop: stopping.StopRequest, step: int) -> None:
+def _stop_if_asked(run: Run, stop: stopping.StopRequest, step: int, *,
+                   abandoned: bool = False) -> None:
   """After a stop signal: the checkpoint of ``step`` on disk, then ``Interrupted``."""
   if stop:
     with run.clock("checkpoint"):
       run.close()
     logging.warning("Stopped at step %d: checkpoint saved; rerun the same command to resume.",
                     step)
-    stop.check(step)
+    stop.check(step, abandoned=abandoned)
 
 
 def test_and_report(run: Run, state, start_time: float) -> dict:

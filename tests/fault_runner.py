@@ -6,6 +6,10 @@ Used by tests/test_reliability.py. `JAX_DAE_FAULT` says what and where:
             being written (a checkpoint on disk, a later one in flight)
   "nan:K"   the training loss becomes NaN from step K on (parameters stay finite)
   "enospc:N" the N-th write of a checkpoint (Orbax's save) fails as on a full disk
+  "slow:K"  every train step also runs K products of 1000x1000 matrices inside the
+            compiled call (about 6 ms each on 2 cores), as one step of a large model
+            takes seconds on a CPU; the result is added to the loss metric times 0,
+            so parameters are as without the fault
 """
 
 import errno
@@ -13,6 +17,7 @@ import os
 import signal
 import sys
 
+import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import app
@@ -49,6 +54,24 @@ elif where == "nan":
     return train_step
 
   steps.make_train_step = nan_from_step
+elif where == "slow":
+  original_factory = steps.make_train_step
+
+  def slow_steps(**kwargs):
+    step_fn = original_factory(**kwargs)
+
+    def busy(x):
+      return jnp.sum(jax.lax.fori_loop(0, count, lambda _, y: jnp.tanh(y @ y), x))
+
+    def train_step(state, images, rng):
+      new_state, metrics = step_fn(state, images, rng)
+      # (A host callback that sleeps would make XLA:CPU run the call synchronously.)
+      x = jnp.full((1000, 1000), 1e-3, jnp.float32) + metrics["loss"] * 0
+      return new_state, metrics | {"loss": metrics["loss"] + 0.0 * busy(x)}
+
+    return train_step
+
+  steps.make_train_step = slow_steps
 elif where == "enospc":
   writes = {"n": 0}
   original_write = ocp.CheckpointManager.save

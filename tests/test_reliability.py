@@ -100,24 +100,32 @@ def straight(shared_data, tmp_path_factory):
   return workdir
 
 
-@pytest.mark.slow
-def test_sigint_stops_within_seconds_with_a_checkpoint_and_resumes_bit_identically(
-    shared_data, straight, tmp_path):
-  workdir = tmp_path / "interrupted"
-  args = _flags(shared_data, workdir)
-  proc = subprocess.Popen(_cmd(args), cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
-  # Read stderr until the first progress line with a rate (tqdm: "8/1536 [..., 12.3img/s").
+def _interrupt_after_first_progress(args, fault=None):
+  """Starts the command, sends SIGINT after its first progress line with a rate.
+
+  Returns (exit status, seconds from the signal to the exit, everything it printed).
+  """
+  proc = subprocess.Popen(_cmd(args, fault), cwd=ROOT, env=_env(fault), stderr=subprocess.PIPE,
+                          text=True)
+  # tqdm's line after a call: "8/1536 [00:01<03:10, 7.9img/s" (or "s/img" when slow).
   seen = ""
-  while not re.search(r"[1-9]\d*/\d+ \[[^]]*\dimg/s", seen):
+  while not re.search(r"[1-9]\d*/\d+ \[[^]]*\d(img/s|s/img)", seen):
     chunk = proc.stderr.read(1)
     assert chunk, f"exited before any progress: {seen[-3000:]}"
     seen += chunk
   proc.send_signal(signal.SIGINT)
   sent = time.time()
-  _, rest = proc.communicate(timeout=60)
-  stopped_in = time.time() - sent
-  log = seen + rest
-  assert proc.returncode == 128 + signal.SIGINT, log[-3000:]
+  _, rest = proc.communicate(timeout=120)
+  return proc.returncode, time.time() - sent, seen + rest
+
+
+@pytest.mark.slow
+def test_sigint_stops_within_seconds_with_a_checkpoint_and_resumes_bit_identically(
+    shared_data, straight, tmp_path):
+  workdir = tmp_path / "interrupted"
+  args = _flags(shared_data, workdir)
+  status, stopped_in, log = _interrupt_after_first_progress(args)
+  assert status == 128 + signal.SIGINT, log[-3000:]
   assert stopped_in < 10, stopped_in
   assert "Traceback" not in log
   saved = checkpoint.Checkpointer(workdir / "checkpoints").latest_step()
@@ -125,6 +133,24 @@ def test_sigint_stops_within_seconds_with_a_checkpoint_and_resumes_bit_identical
   assert f"stopped by SIGINT at step {saved}" in log
   assert not (workdir / "results.json").exists()
 
+  finished = _run(args)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  assert _resumed_from(finished.stderr) == saved
+  _assert_same_state(_restore(straight), _restore(workdir))
+
+
+@pytest.mark.slow
+def test_sigint_during_a_long_call_saves_the_state_before_it_without_waiting(
+    shared_data, straight, tmp_path):
+  """One step takes seconds (as a large model's on a CPU): the stop does not wait for it."""
+  workdir = tmp_path / "long"
+  args = _flags(shared_data, workdir)
+  status, stopped_in, log = _interrupt_after_first_progress(args, fault="slow:1500")
+  assert status == 128 + signal.SIGINT, log[-3000:]
+  assert stopped_in < 5, stopped_in  # less than the step it abandoned
+  assert "did not finish within" in log
+  saved = checkpoint.Checkpointer(workdir / "checkpoints").latest_step()
+  assert saved == 1  # the first call (one step) finished; the second was abandoned
   finished = _run(args)
   assert finished.returncode == 0, finished.stderr[-3000:]
   assert _resumed_from(finished.stderr) == saved
