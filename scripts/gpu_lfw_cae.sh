@@ -6,7 +6,8 @@
 # (.whl/: dm-pix, ml-collections, tensorboardX). Writes the run's results,
 # curves, samples and log under $OUT. Times, in order: building the data cache
 # (once), then the command from start to results.json with a cold XLA
-# compilation cache, then the same command again with the cache warm; with
+# compilation cache, then the same command again with the cache warm (unless
+# SKIP_WARM=1); with
 # ALSO_BF16=1, then the command with --config.model.dtype=bfloat16 and a cold cache.
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
@@ -39,7 +40,9 @@ cp /tmp/cold/results.json "$OUT/results.json"
 cp /tmp/cold/curves.png "$OUT/curves.png"
 cp "$(ls /tmp/cold/samples/*.png | tail -1)" "$OUT/samples_last.png"
 cp /tmp/cold/metrics.jsonl "$OUT/metrics.jsonl"
-run warm /tmp/xla_cache
+if [[ "${SKIP_WARM:-0}" != 1 ]]; then
+  run warm /tmp/xla_cache
+fi
 if [[ "${ALSO_BF16:-0}" == 1 ]]; then
   run cold_bf16 /tmp/xla_cache_bf16 --config.model.dtype=bfloat16
 fi
