@@ -795,9 +795,79 @@ def parse(spec: str, image_shape: tuple[int, int, int] | None = None) -> BatchCo
 
   if image_shape is not None:
     jax.eval_shape(corrupt_one, jax.random.key(0), jax.ShapeDtypeStruct(image_shape, jnp.float32))
-  return jax.vmap(corrupt_one)
+  batched = jax.vmap(corrupt_one)
+
+  def corrupt(keys: jax.Array, images: jax.Array) -> jax.Array:
+    check_inputs(keys, images)
+    return batched(keys_like_batch(keys, images), images)
+
+  return corrupt
+
+
+def _key_shape(keys: jax.Array) -> tuple[int, ...]:
+  """Shape of a key array without the key data (raw uint32 keys end in their words)."""
+  if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    return tuple(keys.shape)
+  if keys.dtype == jnp.uint32 and keys.ndim >= 1:
+    return tuple(keys.shape[:-1])
+  raise ValueError(f"corrupt: keys must be PRNG keys (jax.random.key), got {keys.dtype}.")
+
+
+def check_inputs(keys: jax.Array, images: jax.Array) -> None:
+  """Raises a one-line ValueError unless ``images`` and ``keys`` suit a batched corruption.
+
+  ``images``: ``[B, H, W, C]`` float (in [0, 1]); uint8 would come back
+  rounded to {0, 1}. ``keys``: one PRNG key per image, ``[B]``. Static
+  shapes and dtypes only: under ``jit`` this runs once, at trace time.
+  """
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f"corrupt: images must be float in [0, 1], got {images.dtype}; convert "
+                     "uint8 with jax_dae.steps.to_float (x / 255).")
+  if images.ndim != 4:
+    raise ValueError(f"corrupt: images must be [B, H, W, C], got shape {tuple(images.shape)}.")
+  shape = _key_shape(keys)
+  if shape != (images.shape[0],):
+    raise ValueError(
+        f"corrupt: keys must hold one PRNG key per image, shape ({images.shape[0]},), got "
+        f"{shape}; e.g. corruptions.example_keys(key, jnp.arange({images.shape[0]})).")
+
+
+def keys_like_batch(keys: jax.Array, images: jax.Array) -> jax.Array:
+  """``keys`` resharded along the batch axis as ``images`` are, where types carry shardings.
+
+  ``vmap`` over the examples needs the keys and the images split alike. On
+  Explicit mesh axes the sharding is part of the type and JAX does not move
+  either for you; on Auto axes the types carry no sharding and this does
+  nothing (XLA propagates the batch's).
+  """
+  batch_spec = _batch_spec(images)
+  if batch_spec == _batch_spec(keys):
+    return keys
+  source = images if batch_spec is not None else keys  # The array that is split.
+  mesh = jax.typeof(source).sharding.mesh
+  if not isinstance(source, jax.core.Tracer):  # Eagerly: the concrete mesh.
+    mesh = source.sharding.mesh
+  words = keys.ndim - len(_key_shape(keys))  # Raw uint32 keys: their words stay whole.
+  target = jax.sharding.PartitionSpec(batch_spec, *(None,) * words)
+  return jax.sharding.reshard(keys, jax.sharding.NamedSharding(mesh, target))
+
+
+def _batch_spec(x: jax.Array):
+  """The mesh axes the leading axis of ``x``'s type is split over (None: not split)."""
+  spec = getattr(jax.typeof(x).sharding, "spec", None)
+  return spec[0] if spec else None
 
 
 def example_keys(key: jax.Array, indices: jax.Array) -> jax.Array:
-  """One key per example by folding each example's index into ``key``."""
+  """One key per example by folding each example's index into ``key``.
+
+  Args:
+    key: one PRNG key (shape ``()``).
+    indices: ``[B]`` integer indices, e.g. ``jnp.arange(B)``.
+  """
+  if _key_shape(key) != ():
+    raise ValueError(f"example_keys: key must be one PRNG key, got a key array of shape "
+                     f"{_key_shape(key)}.")
+  if jnp.ndim(indices) != 1:
+    raise ValueError(f"example_keys: indices must be 1-D, got shape {jnp.shape(indices)}.")
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)

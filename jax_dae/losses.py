@@ -23,8 +23,16 @@ read (all optional, defaults in brackets):
               so lambda2 is per value): ``perceptual_weight`` [1.0],
               ``pixel_weight`` [1.0] plus the perceptual fields.
 
-Every loss adds ``kl_weight * aux["kl"]`` ([1.0]) when the model sowed a KL
-term (``VCAE``), and reports it as the term ``kl``.
+Auxiliary terms a model sows into its ``"aux"`` collection (``VCAE``'s
+``kl``) are added with explicit weights only: ``aux_weights`` [{}], a
+mapping from term name to weight, and ``kl_weight`` [unset], the same as
+``aux_weights={"kl": kl_weight}`` (``configs/lfw_vcae.py`` sets it). Each
+weighted term is reported under its name. A sown term without a weight is an
+error, not a silent weight of 1: set its weight, 0 to only log it.
+
+Inputs are checked when traced (static dtypes and shapes only, nothing at run
+time): both images float (uint8 must be scaled to [0, 1] first) and of the
+same shape.
 
 Scale: with torchvision-normalised inputs the relu3_3 term is about 10^3 times
 the pixel MSE of the same pair (blurred vs clean LFW crops, kernel 9, sigma 4:
@@ -50,8 +58,24 @@ DEFAULT_LAYERS = ("relu3_3",)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def check_pair(where: str, reconstruction: jax.Array, clean: jax.Array) -> None:
+  """Raises a one-line ValueError unless both are float arrays of one shape.
+
+  Static dtypes and shapes only (at trace time under ``jit``): uint8 images
+  would be compared on a 0..255 scale, and different shapes would broadcast.
+  """
+  for name, x in (("reconstruction", reconstruction), ("clean", clean)):
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+      raise ValueError(f"{where}: {name} images must be float in [0, 1], got "
+                       f"{jnp.result_type(x)}; convert uint8 with jax_dae.steps.to_float.")
+  if jnp.shape(reconstruction) != jnp.shape(clean):
+    raise ValueError(f"{where}: reconstruction and clean shapes differ, "
+                     f"{jnp.shape(reconstruction)} vs {jnp.shape(clean)}.")
+
+
 def mse(reconstruction: jax.Array, clean: jax.Array) -> jax.Array:
   """Mean squared error over all pixels and channels (seed 000's pixel loss)."""
+  check_pair("mse", reconstruction, clean)
   return jnp.mean(jnp.square(reconstruction.astype(jnp.float32) - clean.astype(jnp.float32)))
 
 
@@ -73,6 +97,7 @@ def bce(probabilities: jax.Array, targets: jax.Array, *, eps: float = 1e-7) -> j
   Returns:
     The scalar mean.
   """
+  check_pair("bce", probabilities, targets)
   p = jnp.clip(probabilities.astype(jnp.float32), eps, 1.0 - eps)
   t = targets.astype(jnp.float32)
   return -jnp.mean(t * jnp.log(p) + (1.0 - t) * jnp.log1p(-p))
@@ -139,6 +164,7 @@ def make_perceptual(*, layers: Sequence[str] = DEFAULT_LAYERS,
     return network.apply({"params": params}, x)
 
   def perceptual(reconstruction: jax.Array, clean: jax.Array):
+    check_pair("perceptual", reconstruction, clean)
     # Two VGG passes rather than one over the concatenated pair: the backward
     # pass then runs over the reconstructions only, not over the targets too.
     ours = features_of(reconstruction)
@@ -250,18 +276,59 @@ def _weighted(config) -> Loss:
   return _combined(lam1, lam2, config)
 
 
-def _with_kl(loss: Loss, kl_weight: float) -> Loss:
-  """Adds ``kl_weight * aux["kl"]`` when the model sowed a KL term."""
+def weight_aux(loss: Loss, weights: Mapping[str, float], *, strict: bool = True) -> Loss:
+  """Adds named, weighted auxiliary terms to ``loss``.
+
+  ``loss(reconstruction, clean, aux)`` becomes ``value + sum_k weights[k] *
+  aux[k]`` over the names ``k`` in both ``weights`` and ``aux`` (a term the
+  model did not sow is skipped); each added term is logged under its name.
+
+  Args:
+    loss: the loss to extend; it gets the terms not in ``weights``.
+    weights: ``{name: weight}``.
+    strict: a sown term without a weight raises (``losses.create``); with
+      ``False`` it is passed on to ``loss`` instead (``steps.make_loss_fn``'s
+      ``aux_weights``, ahead of a loss that may weight it).
+
+  Returns:
+    The wrapped loss.
+  """
+  weights = {str(k): float(v) for k, v in weights.items()}
 
   def wrapped(reconstruction, clean, aux):
-    value, terms = loss(reconstruction, clean, aux)
-    if "kl" in aux:
-      kl = jnp.asarray(aux["kl"], jnp.float32)
-      value = value + kl_weight * kl
-      terms = {**terms, "kl": kl}
+    rest = {k: v for k, v in aux.items() if k not in weights}
+    if strict and rest:
+      name = sorted(rest)[0]
+      raise ValueError(
+          f"The model sowed the auxiliary loss term {name!r} but the loss has no weight for it; "
+          f"set config.loss.aux_weights={{{name!r}: w}}"
+          + (" (or config.loss.kl_weight)" if name == "kl" else "") + ", 0 to only log it.")
+    value, terms = loss(reconstruction, clean, rest)
+    for name, weight in weights.items():
+      if name in aux:
+        term = jnp.asarray(aux[name], jnp.float32)
+        value = value + weight * term
+        terms = {**terms, name: term}
     return value, terms
 
   return wrapped
+
+
+def _aux_weights(config) -> dict[str, float]:
+  """``config.loss.aux_weights`` plus ``kl_weight`` as the weight of ``kl``."""
+  weights = _field(config, "aux_weights", {})
+  weights = {str(k): float(v) for k, v in dict(weights).items()}
+  kl_weight = _field(config, "kl_weight", None)
+  if kl_weight is not None:
+    if "kl" in weights:
+      raise ValueError("config.loss.kl_weight and config.loss.aux_weights['kl'] are both set; "
+                       "keep one.")
+    weights["kl"] = float(kl_weight)
+  for name, weight in weights.items():
+    if weight < 0:
+      field = "kl_weight" if name == "kl" and kl_weight is not None else f"aux_weights[{name!r}]"
+      raise ValueError(f"config.loss.{field} must be >= 0, got {weight}.")
+  return weights
 
 
 _REGISTRY: dict[str, Callable[..., Loss]] = {
@@ -297,7 +364,4 @@ def create(config: ml_collections.ConfigDict | str, **fields) -> Loss:
     raise ValueError(
         f"config.loss.name={config.name!r} is unknown; available: {', '.join(available())}."
     )
-  kl_weight = float(_field(config, "kl_weight", 1.0))
-  if kl_weight < 0:
-    raise ValueError(f"config.loss.kl_weight must be >= 0, got {kl_weight}.")
-  return _with_kl(_REGISTRY[config.name](config), kl_weight)
+  return weight_aux(_REGISTRY[config.name](config), _aux_weights(config))

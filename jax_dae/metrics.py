@@ -1,4 +1,12 @@
-"""Image quality metrics on [0, 1] images, per example (dm-pix; LPIPS on VGG16)."""
+"""Image quality metrics on [0, 1] images, per example (dm-pix; LPIPS on VGG16).
+
+Every metric takes two ``[B, H, W, C]`` float batches of one shape and checks
+that when traced (static dtypes and shapes only: nothing runs at run time):
+uint8 images would be measured on a 0..255 scale against a peak of 1 (PSNR
+-23 dB lower), so they are refused with a one-line ``ValueError``; convert
+them with ``jax_dae.steps.to_float``. SSIM also refuses images smaller than
+its 11x11 window, as scikit-image does.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +20,39 @@ import numpy as np
 
 from jax_dae.models import vgg
 
+SSIM_WINDOW = 11  # dm-pix's default filter_size, as scikit-image's gaussian_weights window.
+
+
+def check_images(where: str, a: jax.Array, b: jax.Array, *, min_size: int = 1) -> None:
+  """Raises a one-line ValueError unless ``a`` and ``b`` are float ``[B, H, W, C]`` of one shape.
+
+  Static dtypes and shapes only (at trace time under ``jit``).
+
+  Args:
+    where: the function named in the message.
+    a: images.
+    b: images.
+    min_size: smallest height and width allowed.
+  """
+  for x in (a, b):
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+      raise ValueError(f"{where}: images must be float in [0, 1], got {jnp.result_type(x)}; "
+                       "convert uint8 with jax_dae.steps.to_float (x / 255).")
+  if jnp.ndim(a) != 4 or jnp.shape(a) != jnp.shape(b):
+    raise ValueError(f"{where}: needs two [B, H, W, C] batches of one shape, got "
+                     f"{jnp.shape(a)} and {jnp.shape(b)}.")
+  height, width = jnp.shape(a)[1:3]
+  if min(height, width) < min_size:
+    raise ValueError(f"{where}: {height}x{width} images are smaller than the {min_size}x{min_size} "
+                     "window, which must fit at least once (scikit-image raises too).")
+
 
 def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
   """Peak signal-to-noise ratio in dB per image (``[B]``), peak value 1.
 
   Identical images give +inf, as the formula does.
   """
+  check_images("psnr", a, b)
   return pix.psnr(a.astype(jnp.float32), b.astype(jnp.float32))
 
 
@@ -27,13 +62,16 @@ def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
   Wang et al. (2004) constants (k1 = 0.01, k2 = 0.03, peak 1), averaged over
   the positions where the window fits and over channels; equal to
   scikit-image's ``structural_similarity(..., gaussian_weights=True,
-  sigma=1.5, use_sample_covariance=False, data_range=1)``.
+  sigma=1.5, use_sample_covariance=False, data_range=1)``. Images must be
+  at least 11x11 (``ValueError`` otherwise, as scikit-image).
   """
+  check_images("ssim", a, b, min_size=SSIM_WINDOW)
   return pix.ssim(a.astype(jnp.float32), b.astype(jnp.float32))
 
 
 def image_metrics(reconstruction: jax.Array, clean: jax.Array) -> dict[str, jax.Array]:
   """Per-image PSNR, SSIM and MSE, each ``[B]``."""
+  check_images("image_metrics", reconstruction, clean, min_size=SSIM_WINDOW)
   err = jnp.square(reconstruction.astype(jnp.float32) - clean.astype(jnp.float32))
   return {
       "psnr": psnr(reconstruction, clean),
@@ -102,6 +140,7 @@ def lpips(a: jax.Array, b: jax.Array, *, weights: Mapping[str, np.ndarray] | str
   Returns:
     ``[B]`` float32 distances.
   """
+  check_images("lpips", a, b)
   return lpips_to_reference(b, a[None], weights=weights)[0]
 
 
@@ -118,6 +157,10 @@ def lpips_to_reference(reference: jax.Array, candidates: jax.Array, *,
     candidates: ``[K, B, H, W, C]`` images in [0, 1].
     weights: as for ``lpips``.
   """
+  if jnp.ndim(candidates) != 5:
+    raise ValueError(f"lpips_to_reference: candidates must be [K, B, H, W, C], got shape "
+                     f"{jnp.shape(candidates)}.")
+  check_images("lpips_to_reference", candidates[0], reference)
   if weights is None or isinstance(weights, str):
     params, heads = _lpips_weights(weights or None)
   else:
