@@ -307,3 +307,16 @@ def test_background_save_survives_the_callers_buffers_being_donated(tmp_path):
     got = getattr(checkpoint.Checkpointer(tmp_path / "ckpt"), which)(template)
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
       np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_checkpoints_are_also_written_by_time_mid_epoch(shared_data, tmp_path):
+  workdir = tmp_path / "timed"
+  done = _run(_flags(shared_data, workdir, "--config.train.num_epochs=1",
+                     "--config.train.checkpoint_every_s=1e-3",
+                     "--config.train.max_checkpoints=20"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints" / "latest").iterdir()
+                 if p.name.isdigit())
+  assert saved[-1] == STEPS_PER_EPOCH
+  assert [s for s in saved if s % STEPS_PER_EPOCH], saved  # some between epoch ends
