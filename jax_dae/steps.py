@@ -135,7 +135,7 @@ class NNXModel:
 
   def variables(self) -> dict[str, Any]:
     """The wrapped module's variables as Linen collections of nested dicts."""
-    module = nnx.merge(self.graphdef, self._state)
+    module = nnx.merge(self.graphdef, self._state, copy=True)
     return {name: traverse_util.unflatten_dict({p: v.get_value() for p, v in flat.items()})
             for name, flat in self._collections(module).items()}
 
@@ -147,7 +147,7 @@ class NNXModel:
   def apply(self, variables: Mapping[str, Any], *args, mutable: bool | Sequence[str] = False,
             rngs: Mapping[str, jax.Array] | None = None, **kwargs):
     """Calls the module with ``variables``, as Linen's ``Module.apply`` does."""
-    module = nnx.merge(self.graphdef, self._state)
+    module = nnx.merge(self.graphdef, self._state, copy=True)
     current = self._collections(module)
     for name, tree in variables.items():
       if name not in current:
@@ -172,7 +172,10 @@ class NNXModel:
     sown = [c for c in wanted if c not in current]
     # Under capture, sow stores only the captured types (and warns about none).
     types = [nnx.variablelib.variable_type_from_name(c, allow_register=True) for c in sown]
-    out, *captured = nnx.capture(module, *types)(*args, **kwargs)
+    out = nnx.capture(module, *types)(*args, **kwargs)
+    captured = ()
+    if types:  # (result, *states), one per type; without types, the result alone.
+      out, *captured = out
     if mutable is False:
       return out
     after = self._collections(module)
