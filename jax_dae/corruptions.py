@@ -781,7 +781,10 @@ def parse(spec: str, image_shape: tuple[int, int, int] | None = None) -> BatchCo
   Returns:
     ``corrupt(keys, images)``: ``keys`` has one PRNG key per image, ``images``
     is ``[B, H, W, C]`` float in [0, 1]; returns images of the same shape and
-    dtype.
+    dtype. It checks its inputs when traced (``check_inputs``: uint8 images
+    and a single key raise a one-line ``ValueError``) and, on Explicit mesh
+    axes, splits the keys over the batch as the images are
+    (``keys_like_batch``).
 
   Raises:
     ValueError: naming the op or argument that is wrong and what is allowed.

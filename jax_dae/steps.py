@@ -150,6 +150,8 @@ class NNXModel:
     module = nnx.merge(self.graphdef, self._state, copy=True)
     current = self._collections(module)
     for name, tree in variables.items():
+      if not tree:  # The steps pass "batch_stats": {} for modules without BatchNorm.
+        continue
       if name not in current:
         raise ValueError(f"NNXModel.apply: the module has no variables of collection {name!r}; "
                          f"it has {sorted(current)}.")
@@ -161,8 +163,10 @@ class NNXModel:
       nnx.reseed(module, **{s: rngs[s] if s in rngs else jax.random.fold_in(first, _stream_id(s))
                             for s in streams})
     if self.train_kwarg is not None and self.train_kwarg in kwargs:
-      train = kwargs[self.train_kwarg]
-      module.train() if train else module.eval()
+      if kwargs[self.train_kwarg]:
+        module.train()
+      else:
+        module.eval()
       if not self._call_takes_train:
         kwargs = {k: v for k, v in kwargs.items() if k != self.train_kwarg}
     if mutable is True:
@@ -343,11 +347,11 @@ def make_loss_fn(*, loss_fn: losses.Loss, train_kwarg: str | None = "train",
 
   def compute_loss(params, state, noisy: jax.Array, clean: jax.Array,
                    rngs: Mapping[str, jax.Array]):
-    batch_stats = _or_empty(state.batch_stats)
+    batch_stats = _or_empty(getattr(state, "batch_stats", None))
     kwargs = {train_kwarg: True} if train_kwarg else {}
     reconstruction, updates = state.apply_fn(
         {"params": params, "batch_stats": batch_stats}, noisy, mutable=list(mutable),
-        rngs=dict(rngs), **kwargs)
+        rngs=dict(rngs or {}), **kwargs)
     loss, terms = loss_fn(reconstruction, clean,
                           _collect_aux(updates.get(AUX_COLLECTION, {})))
     return loss, {

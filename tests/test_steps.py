@@ -91,6 +91,18 @@ def test_user_models_train_through_the_public_api(kind):
     assert float(first["mse"].mean()) < seen[0]
 
 
+def test_nnx_adapter_applies_the_module_as_it_is():
+  # No BatchNorm (the steps still pass "batch_stats": {}), no train argument.
+  module = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  state = jax_dae.init_state(module, optax.sgd(0.1), (2, 2, 3), jax.random.key(0))
+  assert state.batch_stats == {} and set(state.params) == {"kernel", "bias"}
+  x = jnp.linspace(0, 1, 24).reshape(2, 2, 2, 3)
+  np.testing.assert_allclose(state.apply_fn(state.variables, x, train=False), module(x),
+                             rtol=1e-6)
+  with pytest.raises(TypeError, match="flax.nnx.Module"):
+    jax_dae.from_nnx(LinenDropout())
+
+
 class Smooth(nn.Module):
   """No BatchNorm, no Dropout: the loss is a mean over examples, so micro-batches add up."""
 
