@@ -19,19 +19,29 @@ which other sizes it accepts. That decides how an image of any size is run:
   ``None``): overlapping tiles of exactly the training size cover the image
   (reflect-padded first where the image is smaller than a tile).
 
-Tiles overlap by ``overlap`` (a fraction of the tile side) and are blended
-with weights that ramp down linearly towards each tile's border, so seams do
-not show; an image that fits in one tile is computed exactly as the model
-computes it. The model runs under ``jax.jit`` on batches of tiles (at most
-``batch_size`` tiles and about ``max_pixels`` pixels per call; batch sizes are
-rounded up to a power of two so that few shapes compile). Padding, tiling and
-blending are cheap host-side NumPy.
+Neighbouring tiles share at least ``overlap`` (a fraction of the tile side)
+of their pixels. On fully convolutional models each tile's output is used
+only from ``halo`` pixels (half the overlap) inside its inner edges: the
+pixels nearer an inner edge were computed from the model's padding of the
+tile instead of the neighbouring image, so their weight is exactly zero. The
+tiles lie on the model's ``multiple`` grid of the same reflect-padded image
+as the untiled run, so tiling is exact (to float rounding) for any model
+whose output next to a cut of its input on that grid changes over at most
+``halo`` pixels (its reach: 27 for the CAE; docs/denoise.md lists others).
+Between the halos, weights cross-fade linearly. Fixed-size models are not
+translation-equivariant: their tiles have no halo and cross-fade over the
+whole shared strip. An image that fits in one tile is computed exactly as
+the model computes it. The model runs under ``jax.jit`` on batches of tiles
+(at most ``batch_size`` tiles and about ``max_pixels`` pixels per call;
+batch sizes are rounded up to a power of two so that few shapes compile).
+Padding, tiling and blending are cheap host-side NumPy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -82,7 +92,9 @@ class TilePlan:
     tile: ``(height, width)`` of each model input.
     ys: top rows of the tiles in the padded image.
     xs: left columns of the tiles in the padded image.
-    overlap: ``(rows, columns)`` of the blending ramps.
+    overlap: ``(rows, columns)`` that neighbouring tiles share at least.
+    halo: ``(rows, columns)`` next to a tile's inner edges whose outputs get
+      zero weight (the tile's edges on the padded image's border are used).
   """
 
   size: tuple[int, int]
@@ -91,26 +103,46 @@ class TilePlan:
   ys: tuple[int, ...]
   xs: tuple[int, ...]
   overlap: tuple[int, int]
+  halo: tuple[int, int] = (0, 0)
 
   @property
   def num_tiles(self) -> int:
     return len(self.ys) * len(self.xs)
 
 
-def _positions(length: int, tile: int, overlap: int) -> tuple[int, ...]:
-  """Evenly spaced tile offsets covering ``length`` with at least ``overlap`` shared pixels."""
+def _positions(length: int, tile: int, overlap: int, step: int = 1) -> tuple[int, ...]:
+  """Evenly spaced tile offsets covering ``length`` with at least ``overlap`` shared pixels.
+
+  Offsets are multiples of ``step`` (``length - tile`` must be one): a model
+  with stride-``step`` downsampling computes the same function on a tile only
+  at those offsets. If ``tile - overlap < step``, neighbours are ``step`` apart
+  and share less.
+  """
   if length <= tile:
     return (0,)
-  count = math.ceil((length - overlap) / (tile - overlap))
-  return tuple(round(i * (length - tile) / (count - 1)) for i in range(count))
+  units = (length - tile) // step
+  count = math.ceil(units / max(1, (tile - overlap) // step)) + 1
+  return tuple(step * round(i * units / (count - 1)) for i in range(count))
 
 
-def _ramp(tile: int, overlap: int) -> np.ndarray:
-  """Blending weights along one side: 1 inside, falling linearly over ``overlap`` pixels."""
-  if overlap <= 0:
-    return np.ones(tile, np.float32)
-  distance = np.minimum(np.arange(1, tile + 1), np.arange(tile, 0, -1))
-  return np.minimum(distance / (overlap + 1), 1.0).astype(np.float32)
+def _blend_weights(offsets: Sequence[int], tile: int, halo: int) -> np.ndarray:
+  """Blending weights of the tiles along one side, ``[len(offsets), tile]``.
+
+  Within ``halo`` pixels of an inner edge (one shared with a neighbour) the
+  weight is 0; across the rest of the shared strip it rises linearly to 1,
+  so that the two neighbours' weights sum to 1 there. Edges on the image's
+  border keep weight 1: the untiled run pads them the same way.
+  """
+  weights = np.ones((len(offsets), tile), np.float64)
+  d = np.arange(tile)
+  for i, x in enumerate(offsets):
+    if i > 0:
+      fade = offsets[i - 1] + tile - x - 2 * halo + 1
+      weights[i] = np.minimum(weights[i], np.clip((d - halo + 1) / fade, 0.0, 1.0))
+    if i < len(offsets) - 1:
+      fade = x + tile - offsets[i + 1] - 2 * halo + 1
+      weights[i] = np.minimum(weights[i], np.clip((tile - d - halo) / fade, 0.0, 1.0))
+  return weights.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,13 +304,24 @@ class Denoiser:
       self._plans[key] = self._make_plan(height, width)
     return self._plans[key]
 
-  def _tiles(self, size: tuple[int, int], padded: tuple[int, int],
-             tile: tuple[int, int]) -> TilePlan:
-    overlap = tuple(min(round(self.overlap * t), t - 1) if p > t else 0
-                    for p, t in zip(padded, tile, strict=True))
-    return TilePlan(size=size, padded=padded, tile=tile,
-                    ys=_positions(padded[0], tile[0], overlap[0]),
-                    xs=_positions(padded[1], tile[1], overlap[1]), overlap=overlap)
+  def _tiles(self, size: tuple[int, int], padded: tuple[int, int], tile: tuple[int, int], *,
+             step: int | None = None) -> TilePlan:
+    """Tiles of ``tile`` over ``padded``; ``step``: the model's multiple (halo tiles)."""
+    positions, overlaps, halos = [], [], []
+    for p, t in zip(padded, tile, strict=True):
+      overlap = min(round(self.overlap * t), t - 1) if p > t else 0
+      offsets = _positions(p, t, overlap, step or 1)
+      # What neighbours do share: less than asked for only when the step is too coarse.
+      shared = min((t - (b - a) for a, b in itertools.pairwise(offsets)), default=overlap)
+      overlap = min(overlap, shared)
+      positions.append(offsets)
+      overlaps.append(overlap)
+      # Half the overlap on each side of a seam, so that the halos of two
+      # neighbours fit in what they share. Fixed-size models (step None) are
+      # not translation-equivariant, so no halo makes them exact: cross-fade.
+      halos.append(overlap // 2 if step else 0)
+    return TilePlan(size=size, padded=padded, tile=tile, ys=positions[0], xs=positions[1],
+                    overlap=tuple(overlaps), halo=tuple(halos))
 
   def _make_plan(self, height: int, width: int) -> TilePlan:
     if height < 1 or width < 1:
@@ -292,14 +335,17 @@ class Denoiser:
         if whole <= self.max_side:
           tile.append(whole)
           padded.append(whole)
-        else:  # Tiles along this side; they need no padding beyond the image.
+        else:
+          # Tiles along this side, over the image padded as the untiled run
+          # pads it: tiles at multiples of m on it compute what the whole run
+          # computes there, borders included.
           tile.append(self._round_down(self.max_side, base))
-          padded.append(n)
+          padded.append(whole)
       th, tw = tile
       for _ in range(_MAX_GROW):
         if self.fits(th, tw):
           padded = [max(p, t) for p, t in zip(padded, (th, tw), strict=True)]
-          return self._tiles((height, width), tuple(padded), (th, tw))
+          return self._tiles((height, width), tuple(padded), (th, tw), step=m)
         if th >= base_h and tw >= base_w:
           break
         # Sizes below the training size may be too small for the model: grow them.
@@ -360,12 +406,17 @@ class Denoiser:
     if len(offsets) == 1:
       out = out_tiles[0]
     else:
-      weight = (_ramp(th, plan.overlap[0])[:, None] * _ramp(tw, plan.overlap[1])[None, :])
+      weight_y = _blend_weights(plan.ys, th, plan.halo[0])
+      weight_x = _blend_weights(plan.xs, tw, plan.halo[1])
       total = np.zeros((n, *plan.padded, channels), np.float32)
       norm = np.zeros(plan.padded, np.float32)
-      for (y, x), tile in zip(offsets, out_tiles, strict=True):
+      for k, ((y, x), tile) in enumerate(zip(offsets, out_tiles, strict=True)):
+        i, j = divmod(k, len(plan.xs))  # offsets run over ys, then xs.
+        weight = weight_y[i][:, None] * weight_x[j][None, :]
         total[:, y:y + th, x:x + tw] += tile * weight[None, :, :, None]
         norm[y:y + th, x:x + tw] += weight
+      # The weights sum to 1 where neighbours' zones do not meet; dividing
+      # keeps the mean exact where they do (tiles narrower than two strips).
       out = total / norm[None, :, :, None]
     return np.clip(out[:, :height, :width], 0.0, 1.0)
 

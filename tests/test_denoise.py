@@ -1,7 +1,7 @@
 """The denoise command and its library (issue 7): sizes, modes, errors, safety.
 
 A "trained" workdir is made in a second: config.json from lfw_cae's runlocal
-config (TinyCAE at crop 32) and a freshly initialised state saved as the best
+config (SmallCAE at crop 32) and a freshly initialised state saved as the best
 checkpoint. The plumbing does not need trained weights; the numerical checks
 compare the CLI with the library and the library with the model itself.
 """
@@ -97,7 +97,7 @@ def _expected(denoiser: inference.Denoiser, image: np.ndarray) -> np.ndarray:
 def test_denoiser_equals_model_at_training_size(rgb_run, rgb_denoiser):
   _, state = rgb_run
   assert rgb_denoiser.image_shape == (32, 32, 3)
-  assert rgb_denoiser.multiple == 8  # TinyCAE: 3 stride-2 levels.
+  assert rgb_denoiser.multiple == 4  # SmallCAE: 2 stride-2 levels.
   assert rgb_denoiser.mode == "RGB"
   images = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)
   want = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images,
@@ -152,7 +152,8 @@ def test_tiling_and_padding_are_exact_for_identity(apply_fn, multiple):
 
 # A real filter as the "model": identity stand-ins cannot show seams or what the
 # padding holds. A 5x5 binomial blur, reflect-padded by the model itself as a
-# convolutional network pads its borders; radius 2 < the overlap of 6 pixels.
+# convolutional network pads its borders; its radius of 2 fits the halo of 3
+# pixels (half the overlap of 6) that max_side=24 tiles get.
 _BLUR_RADIUS = 2
 _BLUR_1D = np.array([1, 4, 6, 4, 1], np.float32) / 16
 
@@ -232,6 +233,7 @@ def test_tiles_of_a_real_filter_are_placed_and_blended_exactly():
   plan = tiled.plan(61, 83)
   assert untiled.plan(61, 83).num_tiles == 1 and plan.num_tiles > 4
   assert plan.padded == (61, 83) and min(plan.overlap) > _BLUR_RADIUS
+  assert plan.halo == (3, 3)
   whole = untiled.denoise(image[None])[0]
   # One tile is the model itself.
   np.testing.assert_allclose(whole, np.clip(_blur_numpy(image[None])[0], 0, 1), atol=1e-5)
@@ -252,20 +254,96 @@ def test_tiles_of_a_real_filter_are_placed_and_blended_exactly():
   np.testing.assert_allclose(got[exact], whole[exact], atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Known limitation (issue 25): tiles are blended with weights that are not zero at a "
-    "tile's inner edge (1 / (overlap + 1)), so pixels a tile computed without their full "
-    "context (its padding instead of the neighbouring pixels) leak into the blend: seams of "
-    "up to 0.025 for a 5x5 blur on noise, 0.007 on a smooth image. A halo (zero weight "
-    "within the model's reach of an inner edge) would make tiling exact for models whose "
-    "reach is below the overlap."))
+def _smooth(height, width, channels=3):
+  """A smooth image: seams that noise would hide in its spread stand out on it."""
+  y, x = np.mgrid[:height, :width]
+  image = 0.5 + 0.4 * np.sin(y / 7.0) * np.cos(x / 9.0)
+  return np.repeat(image[None, ..., None], channels, axis=-1).astype(np.float32)
+
+
 def test_tiling_a_real_filter_has_no_seams():
-  image = np.random.default_rng(4).random((1, 61, 83, 3), np.float32)
+  # Issue 25: tiles used to be blended with weight 1 / (overlap + 1) at their
+  # inner edges, where the blur reads the tile's padding instead of the
+  # neighbouring pixels: seams of 0.026 on noise. Pixels within the halo of
+  # an inner edge now get weight 0, so every pixel is the blend of tiles that
+  # saw its whole footprint, i.e. the untiled result.
+  images = {"noise": np.random.default_rng(4).random((1, 61, 83, 3), np.float32),
+            "smooth": _smooth(61, 83)}
   untiled = inference.Denoiser(_blur_any_size, {}, image_shape=(16, 16, 3))
-  tiled = inference.Denoiser(_blur_any_size, {}, image_shape=(16, 16, 3), max_side=24,
+  uneven = False
+  for max_side in (16, 24, 45, 60):
+    tiled = inference.Denoiser(_blur_any_size, {}, image_shape=(16, 16, 3), max_side=max_side,
+                               batch_size=4)
+    plan = tiled.plan(61, 83)
+    assert plan.num_tiles > 1 and min(plan.halo) >= _BLUR_RADIUS, (max_side, plan)
+    for offsets in (plan.ys, plan.xs):
+      uneven |= len(set(np.diff(offsets))) > 1
+    for name, image in images.items():
+      np.testing.assert_allclose(tiled.denoise(image), untiled.denoise(image), atol=1e-5,
+                                 err_msg=f"{name}, max_side={max_side}")
+  # Neighbours that share more than the overlap (45: rows at 0 and 16 of 45;
+  # 60: rows at 0 and 1) cross-fade over what they share beyond the halos.
+  assert uneven
+
+
+def test_tiles_use_the_untiled_padding_and_grid():
+  # A model that takes multiples of 8 only: tiles lie on its grid of the image
+  # reflect-padded as the untiled run pads it (61x83 -> 64x88), so the last
+  # rows and columns, which the blur reads from that padding, match too.
+  image = np.random.default_rng(5).random((2, 61, 83, 3), np.float32)
+  untiled = inference.Denoiser(_blur_multiple_of_8, {}, image_shape=(16, 16, 3))
+  tiled = inference.Denoiser(_blur_multiple_of_8, {}, image_shape=(16, 16, 3), max_side=24,
                              batch_size=4)
-  assert tiled.plan(61, 83).num_tiles > 1
+  plan = tiled.plan(61, 83)
+  assert untiled.plan(61, 83).num_tiles == 1 and plan.num_tiles > 4
+  assert plan.padded == untiled.plan(61, 83).padded == (64, 88)
+  assert all(offset % 8 == 0 for offset in plan.ys + plan.xs)
   np.testing.assert_allclose(tiled.denoise(image), untiled.denoise(image), atol=1e-5)
+
+
+def _cut_reach(apply_fn, variables, cut=80):
+  """Output pixels, next to a cut of the input on the model's grid, that the cut changes.
+
+  The model is run on a 32x160 noise image and on its parts left and right of
+  column ``cut``; the widest band of columns beside the cut where a part's
+  output differs from the whole's is what a tile's halo must hide.
+  """
+  images = np.random.default_rng(6).random((1, 32, 160, 3), np.float32)
+  whole = np.asarray(apply_fn(variables, images, train=False))[0]
+  left = np.asarray(apply_fn(variables, images[:, :, :cut], train=False))[0]
+  right = np.asarray(apply_fn(variables, images[:, :, cut:], train=False))[0]
+  changed_left = np.abs(left - whole[:, :cut]).max(axis=(0, 2)) > 1e-6
+  changed_right = np.abs(right - whole[:, cut:]).max(axis=(0, 2)) > 1e-6
+  return max(cut - np.argmax(changed_left), np.flatnonzero(changed_right).max() + 1)
+
+
+def test_tiling_a_random_tiny_cae_is_exact_when_its_reach_fits_the_halo():
+  model = models.create("TinyCAE")
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  apply_fn = inference.ModuleApply(model)
+  # What a cut of the input spoils next to it (random weights: every path that
+  # exists counts). The layer arithmetic bounds it by 23 at any column; on the
+  # 8-pixel grid where tiles are cut it is 16.
+  reach = _cut_reach(apply_fn, variables)
+  assert reach == 16
+  image = np.random.default_rng(7).random((1, 150, 230, 3), np.float32)
+  untiled = inference.Denoiser(apply_fn, variables, image_shape=(32, 32, 3), batch_size=4)
+  assert untiled.plan(150, 230).num_tiles == 1
+  want = untiled.denoise(image)
+  # 128-pixel tiles (overlap 32, halo 16) are exact: the same arithmetic on
+  # the same pixels, up to float32 rounding (1e-7 here; different shapes may
+  # sum in another order). 96-pixel tiles (halo 12 < 16) are not; this also
+  # shows that the comparison can see a halo that is too small.
+  for max_side, exact in ((128, True), (96, False)):
+    tiled = inference.Denoiser(apply_fn, variables, image_shape=(32, 32, 3), batch_size=4,
+                               max_side=max_side)
+    plan = tiled.plan(150, 230)
+    assert plan.num_tiles > 2 and (min(plan.halo) >= reach) == exact, plan
+    error = np.abs(tiled.denoise(image) - want).max()
+    if exact:
+      assert error < 1e-5, error
+    else:
+      assert error > 1e-4, error
 
 
 # ---------------------------------------------------------------------------
