@@ -25,8 +25,5 @@ def get_config(arg: str | None = None):
   args = default.parse_arg(arg, runlocal=False)
   config = default.get_config()
   if args.runlocal:
-    default.runlocal(config, "SmallCAE", split={"test": 256, "val": 64, "train": 2048},
-                     num_epochs=4)
-    config.data.resize, config.data.crop = 64, 32
-    config.optimizer.learning_rate = 2e-3
+    default.smoke(config, "SmallCAE")
   return config

@@ -18,7 +18,9 @@ Command:
   python -m jax_dae.main --config=configs/lfw_cae_pixelate.py:mpl1 \
       --workdir=runs/lfw_cae_pixelate_mpl1 --config.data.dir=../shared/data
 
-Smoke setting (about a minute on a 2-core CPU):
+Smoke setting (configs/default.smoke with SmallCAE: 32x32 faces, 2048 images, 4
+epochs; 82 s on the 2-core CPU, test PSNR 19.28 dB against the pixelated
+input's 17.70; with mpl1 it is the tiny perceptual setting):
   python -m jax_dae.main --config=configs/lfw_cae_pixelate.py:runlocal \
       --workdir=runs/smoke_pixelate --config.data.dir=../shared/data
 
@@ -39,7 +41,7 @@ def get_config(arg: str | None = None):
   else:
     config = default.get_config()
     if args.runlocal:
-      default.runlocal(config, "TinyCAE")
+      default.smoke(config, "SmallCAE")
   # Seed 000's mosaic, n = 8: block=8 (8-pixel squares) or grid=8 (8 x 8 squares).
   config.corruption = "pixelate(grid=8)" if args.grid else "pixelate(block=8)"
   return config

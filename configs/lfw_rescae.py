@@ -8,7 +8,9 @@ Command:
   python -m jax_dae.main --config=configs/lfw_rescae.py --workdir=runs/lfw_rescae \
       --config.data.dir=../shared/data
 
-Smoke setting (tiny model and split; about a minute on a 2-core CPU):
+Smoke setting (configs/default.smoke with SmallResCAE: 32x32 faces, 2048 images,
+4 epochs; 3.5 minutes on the loaded 2-core CPU, test PSNR 23.46 dB against the
+blurred input's 20.16):
   python -m jax_dae.main --config=configs/lfw_rescae.py:runlocal --workdir=runs/smoke_rescae \
       --config.data.dir=../shared/data
 
@@ -26,5 +28,5 @@ def get_config(arg: str | None = None):
   # CAE with 3 residual blocks at the bottleneck.
   config.model.name = "ResCAE"
   if default.parse_arg(arg, runlocal=False).runlocal:
-    default.runlocal(config, "TinyResCAE")
+    default.smoke(config, "SmallResCAE")
   return config

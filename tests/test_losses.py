@@ -251,7 +251,7 @@ def test_s0_configs_build(weights_file, module, arg, loss_name):
     assert config.corruption == ("pixelate(grid=8)" if arg and "grid" in arg
                                  else "pixelate(block=8)")
   if arg and "runlocal" in arg:
-    assert config.model.name.startswith("Tiny")
+    assert config.model.name.startswith(("Tiny", "Small"))
   loss_config = ml_collections.ConfigDict(config.loss.to_dict())
   if "vgg_weights" in loss_config:
     loss_config.vgg_weights = weights_file

@@ -29,6 +29,7 @@ TinyResCAE = functools.partial(TinyCAE, num_res_blocks=1)
 # 16-64 channels; on 32x32 faces it beats a blurred input within minutes on a CPU.
 SmallCAE = functools.partial(CAE, encoder_features=(16, 32, 64), decoder_features=(64, 32),
                              stem_kernel=3)
+SmallResCAE = functools.partial(SmallCAE, num_res_blocks=1)
 # Used for testing only.
 TinyVCAE = functools.partial(VCAE, encoder_features=(8, 8, 8, 16), decoder_features=(16, 8, 8),
                              stem_kernel=3)
@@ -40,6 +41,7 @@ _REGISTRY: dict[str, Any] = {
     "CAE": CAE,
     "ResCAE": ResCAE,
     "SmallCAE": SmallCAE,
+    "SmallResCAE": SmallResCAE,
     "TinyCAE": TinyCAE,
     "TinyResCAE": TinyResCAE,
     "TinyVCAE": TinyVCAE,
