@@ -23,15 +23,17 @@ flag); it gets the named PRNG streams ``rng_streams`` (``"sample"`` for
 variational models, ``"dropout"`` for ``nn.Dropout``); it may write the
 collections ``mutable``: ``"batch_stats"`` is kept in the state, values sown
 into ``"aux"`` are passed to the loss by name (``losses.create`` weights
-them explicitly: ``config.loss.kl_weight`` or ``aux_weights``), and any other
-collection comes back in ``aux["sown"]``. A ``flax.nnx`` module works
-directly: ``init_state`` wraps it with ``from_nnx``.
+them explicitly: ``config.loss.kl_weight`` or ``aux_weights``), and every
+written collection but ``"batch_stats"`` comes back in ``aux["sown"]``. A
+``flax.nnx`` module works directly: ``init_state`` wraps it with ``from_nnx``.
 
 Data parallelism. Under ``jax.jit`` with the batch sharded (``NamedSharding``
 on Auto or Explicit mesh axes) build the step with ``axis_name=None``: XLA
-inserts the reductions. Under ``jax.shard_map`` or ``jax.pmap`` over a batch
-axis, pass that axis as ``axis_name`` and build the model with
-``bn_axis_name`` too. Gradients then arrive in one of two ways, and the step
+inserts the reductions. On Explicit axes the corruption keys are resharded
+like the batch and the model runs under ``jax.sharding.auto_axes`` (model
+code need not be written for sharding in types). Under ``jax.shard_map`` or
+``jax.pmap`` over a batch axis, pass that axis as ``axis_name`` and build
+the model with ``bn_axis_name`` too. Gradients then arrive in one of two ways, and the step
 reads which from the types (``jax.typeof(x)``'s varying manual axes):
 
 * ``shard_map(..., check_vma=True)``: the replicated parameters are
