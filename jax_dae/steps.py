@@ -365,6 +365,33 @@ def make_loss_fn(*, loss_fn: losses.Loss, train_kwarg: str | None = "train",
   return compute_loss
 
 
+def _on_auto_axes(fn: Callable, batch: jax.Array, out_sharding) -> Callable:
+  """``fn``, run on Auto mesh axes where ``batch``'s type has Explicit ones.
+
+  Explicit axes put shardings in the types, and model code (the reshapes of
+  a space-to-depth convolution, dm-pix's SSIM) need not be written for that:
+  on Auto axes XLA propagates the batch's sharding through it, as on an Auto
+  mesh. ``out_sharding``: PartitionSpecs for the results (a tree prefix).
+  Without Explicit axes, ``fn`` itself.
+  """
+  mesh = jax.typeof(batch).sharding.mesh
+  axes = tuple(getattr(mesh, "explicit_axes", ()))
+  if not axes:
+    return fn
+
+  def run(*args):
+    with jax.sharding.use_abstract_mesh(mesh):
+      return jax.sharding.auto_axes(fn, axes=axes, out_sharding=out_sharding)(*args)
+
+  return run
+
+
+def _batch_spec(x: jax.Array) -> jax.sharding.PartitionSpec:
+  """``x``'s split of its leading (batch) axis, as a PartitionSpec."""
+  spec = getattr(jax.typeof(x).sharding, "spec", None)
+  return jax.sharding.PartitionSpec(spec[0] if spec else None)
+
+
 def _varying(x) -> frozenset:
   """Mesh axes ``x`` varies over inside ``shard_map`` (empty when not tracked)."""
   aval = jax.typeof(x)
@@ -445,20 +472,11 @@ def loss_and_grad(compute_loss: Callable, state, noisy: jax.Array, clean: jax.Ar
   """
   _check_axes(axis_name)
   grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
-  mesh = jax.typeof(noisy).sharding.mesh
-  if getattr(mesh, "explicit_axes", ()):
-    # Explicit axes put shardings in the types, and model code (the reshapes
-    # of a space-to-depth convolution) need not be written for that: the
-    # model runs on Auto axes, where XLA propagates the batch's sharding;
-    # the gradients come back sharded as the parameters, the rest replicated.
-    specs = jax.tree.map(lambda p: jax.typeof(p).sharding.spec, state.params)
-    replicated = jax.sharding.PartitionSpec()
-    with jax.sharding.use_abstract_mesh(mesh):
-      grad_fn = jax.sharding.auto_axes(grad_fn, axes=tuple(mesh.explicit_axes),
-                                       out_sharding=((replicated, replicated), specs))
-      (loss, aux), grads = grad_fn(state.params, state, noisy, clean, rngs)
-  else:
-    (loss, aux), grads = grad_fn(state.params, state, noisy, clean, rngs)
+  # On Explicit axes: the gradients sharded as the parameters, the rest replicated.
+  specs = jax.tree.map(lambda p: jax.typeof(p).sharding.spec, state.params)
+  replicated = jax.sharding.PartitionSpec()
+  grad_fn = _on_auto_axes(grad_fn, noisy, ((replicated, replicated), specs))
+  (loss, aux), grads = grad_fn(state.params, state, noisy, clean, rngs)
   grads = reduce_gradients(grads, loss, axis_name)
   axes = _axes(axis_name)
   if axes:
@@ -555,7 +573,8 @@ def make_reconstruct(*, corrupt: corruptions.BatchCorruption, apply_fn: Callable
   def reconstruct(state_or_variables, images: jax.Array, keys: jax.Array):
     fn, variables = _resolve(state_or_variables, apply_fn, "reconstruct")
     noisy = corrupt(keys, to_float(images))
-    return noisy, fn(variables, noisy, **kwargs)
+    model = _on_auto_axes(lambda v, x: fn(v, x, **kwargs), noisy, _batch_spec(noisy))
+    return noisy, model(variables, noisy)
 
   return reconstruct
 
@@ -572,12 +591,15 @@ def make_eval_step(*, corrupt: corruptions.BatchCorruption, apply_fn: Callable |
 
   reconstruct = make_reconstruct(corrupt=corrupt, apply_fn=apply_fn, train_kwarg=train_kwarg)
 
-  def eval_step(state_or_variables, images: jax.Array, keys: jax.Array):
-    clean = to_float(images)
-    noisy, reconstruction = reconstruct(state_or_variables, clean, keys)
+  def score(reconstruction, noisy, clean):
     out = metrics.image_metrics(reconstruction, clean)
     out.update({f"input_{k}": v for k, v in metrics.image_metrics(noisy, clean).items()})
     return out
+
+  def eval_step(state_or_variables, images: jax.Array, keys: jax.Array):
+    clean = to_float(images)
+    noisy, reconstruction = reconstruct(state_or_variables, clean, keys)
+    return _on_auto_axes(score, clean, _batch_spec(clean))(reconstruction, noisy, clean)
 
   return eval_step
 

@@ -265,7 +265,7 @@ def test_parallel_setups_that_cannot_be_right_raise_before_running(tiny):
   jax.eval_shape(mapped(axis_step, synced), state, images, rng)
 
 
-def test_seed_model_step_traces_on_explicit_mesh_axes(tiny):
+def test_seed_model_steps_trace_on_explicit_mesh_axes(tiny):
   # TinyCAE's space-to-depth convolutions reshape the batch, which sharding in
   # types refuses on Explicit axes; the step runs the model on Auto axes.
   corrupt, state = tiny
@@ -282,3 +282,8 @@ def test_seed_model_step_traces_on_explicit_mesh_axes(tiny):
   for before, after in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params),
                            strict=True):
     assert after.shape == before.shape and not any(after.sharding.spec)  # Replicated.
+  # Evaluation too (the model, then SSIM's convolutions): per-image metrics split like the batch.
+  keys = jax.random.split(jax.random.key(0), SHAPE[0])
+  out = jax.eval_shape(jax_dae.make_eval_step(corrupt=corrupt), state, images, keys)
+  assert {v.shape for v in out.values()} == {(SHAPE[0],)}
+  assert {v.sharding.spec[0] for v in out.values()} == {"data"}
