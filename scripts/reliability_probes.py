@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 UMASK = 0o022
+TMP = ""  # the probes' temporary folder, shown as $TMP in the table
 ROWS: list[tuple[str, str, str, str]] = []  # (probe, line, exit status, on disk)
 
 
@@ -80,6 +81,7 @@ def steps_on_disk(workdir: Path) -> str:
 def add(probe: str, result: subprocess.CompletedProcess | None, disk: str, *,
         pattern: str | None = None, line: str | None = None, status: int | None = None) -> None:
   line = line if line is not None else last_line(result.stderr + result.stdout, pattern)
+  line = line.replace(TMP, "$TMP") if TMP else line
   status = status if status is not None else result.returncode
   ROWS.append((probe, line.replace("|", "\\|"), str(status), disk))
   print(f"[{len(ROWS)}] {probe}: exit {status}; {line[:160]}", file=sys.stderr, flush=True)
@@ -111,7 +113,9 @@ def main() -> None:
   args = p.parse_args()
   os.umask(UMASK)  # inherited by every command below
   data_dir = args.data_dir.resolve()
+  global TMP
   tmp = Path(tempfile.mkdtemp(prefix="jax_dae_probes_"))
+  TMP = str(tmp)
   cache = tmp / "cache"
 
   signal_probe(data_dir, tmp / "sigint", cache, signal.SIGINT)
