@@ -85,6 +85,14 @@ def _assert_same_state(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+def _rerun_resumes_like(straight, args, workdir, saved):
+  """The same command again resumes from ``saved`` and ends as the uninterrupted run."""
+  finished = _run(args)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  assert _resumed_from(finished.stderr) == saved
+  _assert_same_state(_restore(straight), _restore(workdir))
+
+
 def _resumed_from(log: str) -> int:
   match = re.search(r"Resuming from step (\d+)", log)
   assert match, log[-3000:]
@@ -133,10 +141,7 @@ def test_sigint_stops_within_seconds_with_a_checkpoint_and_resumes_bit_identical
   assert f"stopped by SIGINT at step {saved}" in log
   assert not (workdir / "results.json").exists()
 
-  finished = _run(args)
-  assert finished.returncode == 0, finished.stderr[-3000:]
-  assert _resumed_from(finished.stderr) == saved
-  _assert_same_state(_restore(straight), _restore(workdir))
+  _rerun_resumes_like(straight, args, workdir, saved)
 
 
 @pytest.mark.slow
@@ -151,10 +156,7 @@ def test_sigint_during_a_long_call_saves_the_state_before_it_without_waiting(
   assert "did not finish within" in log
   saved = checkpoint.Checkpointer(workdir / "checkpoints").latest_step()
   assert saved == 1  # the first call (one step) finished; the second was abandoned
-  finished = _run(args)
-  assert finished.returncode == 0, finished.stderr[-3000:]
-  assert _resumed_from(finished.stderr) == saved
-  _assert_same_state(_restore(straight), _restore(workdir))
+  _rerun_resumes_like(straight, args, workdir, saved)
 
 
 @pytest.mark.slow
@@ -166,11 +168,8 @@ def test_sigkill_during_a_later_save_resumes_from_the_checkpoint_on_disk(
   killed = _run(args, fault="save:2")
   assert killed.returncode == -signal.SIGKILL
   assert checkpoint.Checkpointer(workdir / "checkpoints").latest_step() == STEPS_PER_EPOCH
-  finished = _run(args)
-  assert finished.returncode == 0, finished.stderr[-3000:]
-  assert _resumed_from(finished.stderr) == STEPS_PER_EPOCH
+  _rerun_resumes_like(straight, args, workdir, STEPS_PER_EPOCH)
   assert not list(workdir.rglob("*orbax-checkpoint-tmp*"))  # the torn save was cleaned up
-  _assert_same_state(_restore(straight), _restore(workdir))
   results = [json.loads((d / "results.json").read_text()) for d in (straight, workdir)]
   assert results[0]["test"] == results[1]["test"]
 
