@@ -74,8 +74,9 @@ BREAKAGES = (
     Breakage(
         "no_checkpoint", "checkpoint saves write nothing",
         "jax_dae/checkpoint.py",
-        "    self._latest.save(",
-        "    return\n    self._latest.save(",
+        "    manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics or None, "
+        "force=True)\n",
+        "    pass\n",
         ("tests/test_checkpoint.py",)),
     Breakage(
         "shifted_test_split", "every split cut one image later (the test split overlaps another)",
@@ -119,7 +120,11 @@ def check(breakage: Breakage, copy: Path, timeout: int) -> tuple[str, str]:
     return "stale", f"{breakage.file} no longer holds the text to break (once)"
   path.write_text(original.replace(breakage.old, breakage.new))
   try:
-    env = dict(os.environ, PYTHONPATH=str(copy))
+    # The copy has no ../shared beside it: point the tests at the real data and
+    # make them fail, not skip, without it.
+    env = dict(os.environ, PYTHONPATH=str(copy), JAX_DAE_REQUIRE_DATA="1",
+               JAX_DAE_SHARED_DATA=os.environ.get("JAX_DAE_SHARED_DATA",
+                                                  str(ROOT.parent / "shared" / "data")))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:randomly", "-n", "0",
          *breakage.tests], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
