@@ -9,6 +9,8 @@ ratio per row.
 
   python scripts/bench_call_forms.py                       # CAE mse b8 fp32, b64 bf16
   python scripts/bench_call_forms.py --rows=TinyCAE:mse:8:float32 --size=32 --windows=3
+  # The README's CAE on a 2-core CPU (a step takes ~25 s there):
+  python scripts/bench_call_forms.py --rows=CAE:mse:8:float32 --images=64 --steps=2 --windows=1
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def main() -> None:
   p.add_argument("--size", type=int, default=112)
   p.add_argument("--images", type=int, default=2048)
   p.add_argument("--windows", type=int, default=5)
+  p.add_argument("--steps", type=int, default=0,
+                 help="steps per call (0: 3200 / batch, clamped to 50..200)")
   p.add_argument("--out", default="")
   args = p.parse_args()
   images = jax.device_put(benchmark.synthetic_images(args.images, args.size, seed=0))
@@ -61,7 +65,7 @@ def main() -> None:
   for spec in args.rows.split(","):
     model, loss, batch, precision = spec.split(":")
     batch = int(batch)
-    steps = min(200, max(50, 3200 // batch))
+    steps = args.steps or min(200, max(50, 3200 // batch))
     row = benchmark.build_jax_loop(model, loss, batch, precision, images, steps)
     loop, state, perm, key = row["loop"], row["state"], row["perm"], row["step_key"]
     count = np.int32(steps)
