@@ -92,7 +92,9 @@ class CallSizer:
     """Updates the count from a call of ``steps`` steps that took ``seconds``."""
     per_step = max(seconds, 1e-6) / steps
     target = int(self._seconds / per_step)
-    self._next = max(1, min(self._maximum, target, 4 * steps))
+    # Growth is bounded against the planned count, not the run one: a call cut
+    # short by the end of an epoch does not restart the ramp.
+    self._next = max(1, min(self._maximum, target, 4 * self._next))
 
 
 def make_streaming_train_loop(train_step: Callable) -> Callable:

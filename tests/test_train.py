@@ -237,3 +237,17 @@ def test_streaming_from_host_trains_exactly_like_device_resident_data(shared_dat
   for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params),
                   strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_call_sizer_ramps_to_the_target_and_an_epoch_end_does_not_restart_it():
+  sizer = loops.CallSizer(seconds=1.0, maximum=200)
+  counts = []
+  for _ in range(5):  # 1 ms a step: the target is 1000 steps, capped at 200
+    counts.append(sizer.next(limit=10_000))
+    sizer.record(counts[-1], counts[-1] * 1e-3)
+  assert counts == [1, 4, 16, 64, 200]
+  sizer.record(3, 3e-3)  # 3 steps left in the epoch
+  assert sizer.next(limit=10_000) == 200
+  sizer.record(200, 20.0)  # 100 ms a step now: 10 steps a second
+  assert sizer.next(limit=10_000) == 10
+  assert sizer.next(limit=4) == 4
