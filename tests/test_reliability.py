@@ -108,10 +108,12 @@ def straight(shared_data, tmp_path_factory):
   return workdir
 
 
-def _interrupt_after_first_progress(args, fault=None):
+def _interrupt_after_first_progress(args, workdir, fault=None):
   """Starts the command, sends SIGINT after its first progress line with a rate.
 
-  Returns (exit status, seconds from the signal to the exit, everything it printed).
+  Asserts that it exited as SIGINT asks, without a traceback, naming the step
+  it saved. Returns (seconds from the signal to the exit, everything it
+  printed, the newest checkpoint's step).
   """
   proc = subprocess.Popen(_cmd(args, fault), cwd=ROOT, env=_env(fault), stderr=subprocess.PIPE,
                           text=True)
@@ -124,7 +126,12 @@ def _interrupt_after_first_progress(args, fault=None):
   proc.send_signal(signal.SIGINT)
   sent = time.time()
   _, rest = proc.communicate(timeout=120)
-  return proc.returncode, time.time() - sent, seen + rest
+  stopped_in, log = time.time() - sent, seen + rest
+  assert proc.returncode == 128 + signal.SIGINT, log[-3000:]
+  assert "Traceback" not in log
+  saved = checkpoint.Checkpointer(workdir / "checkpoints").latest_step()
+  assert f"stopped by SIGINT at step {saved}" in log
+  return stopped_in, log, saved
 
 
 @pytest.mark.slow
@@ -132,13 +139,9 @@ def test_sigint_stops_within_seconds_with_a_checkpoint_and_resumes_bit_identical
     shared_data, straight, tmp_path):
   workdir = tmp_path / "interrupted"
   args = _flags(shared_data, workdir)
-  status, stopped_in, log = _interrupt_after_first_progress(args)
-  assert status == 128 + signal.SIGINT, log[-3000:]
+  stopped_in, _, saved = _interrupt_after_first_progress(args, workdir)
   assert stopped_in < 10, stopped_in
-  assert "Traceback" not in log
-  saved = checkpoint.Checkpointer(workdir / "checkpoints").latest_step()
   assert saved is not None and 0 < saved < TOTAL_STEPS, saved  # stopped mid-run, saved
-  assert f"stopped by SIGINT at step {saved}" in log
   assert not (workdir / "results.json").exists()
 
   _rerun_resumes_like(straight, args, workdir, saved)
@@ -150,11 +153,9 @@ def test_sigint_during_a_long_call_saves_the_state_before_it_without_waiting(
   """One step takes seconds (as a large model's on a CPU): the stop does not wait for it."""
   workdir = tmp_path / "long"
   args = _flags(shared_data, workdir)
-  status, stopped_in, log = _interrupt_after_first_progress(args, fault="slow:1500")
-  assert status == 128 + signal.SIGINT, log[-3000:]
+  stopped_in, log, saved = _interrupt_after_first_progress(args, workdir, fault="slow:1500")
   assert stopped_in < 5, stopped_in  # less than the step it abandoned
   assert "did not finish within" in log
-  saved = checkpoint.Checkpointer(workdir / "checkpoints").latest_step()
   assert saved == 1  # the first call (one step) finished; the second was abandoned
   _rerun_resumes_like(straight, args, workdir, saved)
 
