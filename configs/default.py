@@ -88,6 +88,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 8
   config.train.num_epochs = 15
+  # Independent replicas trained together in one compiled program: replica k
+  # is the run of seed + k (jax_dae.replicas). results.json reports each and
+  # their mean, std, min and max.
+  config.train.num_seeds = 1
   # Most train steps fused in one compiled call. Calls are sized by time
   # (seconds_per_call) up to this; data streamed from the host (placement=host)
   # uses this, rounded down to a divisor of the steps per epoch, for every call.
@@ -104,6 +108,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Resume although fields that define a step (data, split, batch size, seed,
   # corruption, loss, optimizer, model) differ from the run in --workdir.
   config.train.allow_config_change = False
+  # BatchNorm statistics that evaluation, checkpoints and inference use:
+  # "running" (the averages kept in training, as Keras and PyTorch do) or
+  # "recomputed" (at each epoch's end, the population statistics of
+  # bn_stats_images fixed training images under the current weights, in
+  # groups of batch_size; evaluation.make_recompute_batch_stats).
+  config.train.bn_stats = "running"
+  config.train.bn_stats_images = 1024
   # Batch size of evaluation (padded; does not change results).
   config.train.eval_batch_size = 256
   # Validation images shown in the per-epoch sample grid.

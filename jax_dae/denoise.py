@@ -45,6 +45,8 @@ flags.DEFINE_string("workdir", None, "Trained run folder (config.json and checkp
 flags.DEFINE_string("out_dir", None, "Output folder; must not hold the inputs.")
 flags.DEFINE_enum("checkpoint", "best", list(inference.CHECKPOINTS),
                   "best: highest validation PSNR; latest: the newest.")
+flags.DEFINE_integer("replica", None, "For a run of several seeds: the replica to use (replica k "
+                     "is seed config.seed + k); default: the best by validation PSNR.")
 flags.DEFINE_string("corrupt", "", "Corrupt the inputs with this spec first (e.g. "
                     "'gaussian_blur(kernel=9,sigma=4)') to show before/after; '' = the inputs "
                     "are already corrupted.")
@@ -64,6 +66,8 @@ usage: python -m jax_dae.denoise --workdir=RUN --out_dir=DIR [flags] FILE_OR_FOL
   --workdir=RUN     a trained run folder (python -m jax_dae.main's --workdir).
   --out_dir=DIR     output folder (not an input folder): <name>.png and <name>.compare.png.
   --checkpoint      best (highest validation PSNR, default) or latest.
+  --replica=K       for a run of several seeds (config.train.num_seeds): replica K;
+                    default: the one with the best validation PSNR.
   --corrupt=SPEC    corrupt clean inputs first to show before/after,
                     e.g. --corrupt="gaussian_blur(kernel=9,sigma=4)".
   --verbose         on an error, also print its full traceback.
@@ -294,8 +298,8 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(inputs: Sequence[str], *, workdir: str, out_dir: str, checkpoint: str = "best",
-        corrupt: str = "", seed: int = 0, batch_size: int = 16, max_side: int = 1024,
-        overlap: float = 0.25, write_side_by_side: bool = True,
+        replica: int | None = None, corrupt: str = "", seed: int = 0, batch_size: int = 16,
+        max_side: int = 1024, overlap: float = 0.25, write_side_by_side: bool = True,
         progress: bool | None = None) -> Report:
   """Denoises image files and folders into ``out_dir`` (see the module docstring).
 
@@ -304,6 +308,7 @@ def run(inputs: Sequence[str], *, workdir: str, out_dir: str, checkpoint: str = 
     workdir: a trained run folder.
     out_dir: output folder.
     checkpoint: "best" or "latest".
+    replica: the replica of a run of several seeds (default: the best).
     corrupt: corruption spec applied before the model ("" = none).
     seed: seed of the corruption noise.
     batch_size, max_side, overlap: see ``inference.Denoiser``.
@@ -326,7 +331,8 @@ def run(inputs: Sequence[str], *, workdir: str, out_dir: str, checkpoint: str = 
       corrupter = inference.make_corrupter(corrupt, seed=seed)
     except ValueError as e:
       raise SetupError(f"--corrupt={corrupt!r}: {e}") from None
-  denoiser = inference.load(workdir, checkpoint=checkpoint, batch_size=batch_size,
+  denoiser = inference.load(workdir, checkpoint=checkpoint, replica=replica,
+                            batch_size=batch_size,
                             max_side=max_side, overlap=overlap)
   logging.info("Restored %s at step %d from %s. %s", denoiser.name, denoiser.step, workdir,
                denoiser.describe())
@@ -438,7 +444,8 @@ def main(argv: Sequence[str]) -> None:
   with (cli.one_line_errors((RuntimeError, OSError), status=1),
         cli.one_line_errors((ValueError, FileNotFoundError), status=2)):
     report = run(inputs, workdir=FLAGS.workdir, out_dir=FLAGS.out_dir,
-                 checkpoint=FLAGS.checkpoint, corrupt=FLAGS.corrupt, seed=FLAGS.seed,
+                 checkpoint=FLAGS.checkpoint, replica=FLAGS.replica, corrupt=FLAGS.corrupt,
+                 seed=FLAGS.seed,
                  batch_size=FLAGS.batch_size, max_side=FLAGS.max_side, overlap=FLAGS.overlap,
                  write_side_by_side=FLAGS.side_by_side)
   total = len(report.written) + len(report.failed)

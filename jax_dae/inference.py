@@ -55,7 +55,8 @@ import ml_collections
 import numpy as np
 
 from jax_dae import checkpoint as checkpoint_lib
-from jax_dae import corruptions, models, optimizers, steps
+from jax_dae import corruptions, models, optimizers, steps, writers
+from jax_dae import replicas as replicas_lib
 
 CHECKPOINTS = ("best", "latest")
 # Strides tried, smallest first, when probing which sizes a model accepts.
@@ -421,8 +422,8 @@ class Denoiser:
     return np.clip(out[:, :height, :width], 0.0, 1.0)
 
 
-def load(workdir: str | Path, *, checkpoint: str = "best", batch_size: int = 16,
-         max_side: int = 1024, overlap: float = 0.25) -> Denoiser:
+def load(workdir: str | Path, *, checkpoint: str = "best", replica: int | None = None,
+         batch_size: int = 16, max_side: int = 1024, overlap: float = 0.25) -> Denoiser:
   """Restores a trained run for inference.
 
   Args:
@@ -430,6 +431,9 @@ def load(workdir: str | Path, *, checkpoint: str = "best", batch_size: int = 16,
       and ``checkpoints/``).
     checkpoint: ``"best"`` (highest validation PSNR; the newest if no best was
       recorded) or ``"latest"`` (the newest readable one).
+    replica: for a run of several seeds (``config.train.num_seeds``), the
+      replica to load (replica ``k`` is seed ``config.seed + k``); ``None``:
+      the one with the best validation PSNR at that checkpoint.
     batch_size, max_side, overlap: see ``Denoiser``.
 
   Returns:
@@ -457,8 +461,13 @@ def load(workdir: str | Path, *, checkpoint: str = "best", batch_size: int = 16,
   # An abstract state (shapes only): nothing is initialised, and a failed
   # restore cannot silently hand back random weights.
   init_shape = (height or 64, width or 64, channels)
-  abstract = jax.eval_shape(functools.partial(steps.init_state, model, tx, init_shape),
-                            jax.random.key(0))
+  replicas = replicas_lib.Replicas(config.seed, config.train.get("num_seeds", 1))
+  if replica is not None and not 0 <= replica < replicas.num:
+    raise ValueError(f"replica={replica}: the run in {workdir} has {replicas.num} replica(s) "
+                     f"(0..{replicas.num - 1}).")
+  abstract = jax.eval_shape(
+      replicas.map(functools.partial(steps.init_state, model, tx, init_shape)),
+      replicas.keys()[0])
   ckpt = checkpoint_lib.Checkpointer(ckpt_dir)
   try:
     if ckpt.latest_step() is None and ckpt.best_step() is None:
@@ -473,10 +482,17 @@ def load(workdir: str | Path, *, checkpoint: str = "best", batch_size: int = 16,
         f"No checkpoint in {ckpt_dir} could be restored into the model config.json describes "
         f"({config.model.name}, {channels} channel(s), data.mode={mode!r}); see the warnings "
         "above.")
+  step, name = replicas_lib.step_of(state), config.model.name
+  if replicas.stacked:
+    if replica is None:
+      rows = writers.read_jsonl(workdir / "metrics.jsonl", missing_ok=True)
+      replica = replicas_lib.best_replica(rows, step, replicas.num)
+    state = replicas.take(state, replica)
+    name = f"{name}, replica {replica} (seed {replicas.seeds[replica]})"
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   return Denoiser(ModuleApply(model), variables, image_shape=(height, width, channels),
                   batch_size=batch_size, max_side=max_side, overlap=overlap,
-                  step=int(state.step), name=config.model.name)
+                  step=step, name=name)
 
 
 def make_corrupter(spec: str, *, seed: int = 0) -> Callable[[np.ndarray, Sequence[int]],

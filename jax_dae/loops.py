@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax_dae import distributed
+from jax_dae import replicas as replicas_lib
 from jax_dae.data import pipeline
 
 
@@ -30,7 +31,8 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
 
 
 def make_train_loop(train_step: Callable, *, batch_size: int, steps_per_epoch: int,
-                    steps_per_call: int, batch_sharding: NamedSharding | None = None) -> Callable:
+                    steps_per_call: int, batch_sharding: NamedSharding | None = None,
+                    replicas: replicas_lib.Replicas | None = None) -> Callable:
   """``loop(state, images, perm, step_key[, num_steps]) -> (state, metrics [steps_per_call])``.
 
   Runs up to ``steps_per_call`` train steps in one compiled call; step ``s``
@@ -43,6 +45,11 @@ def make_train_loop(train_step: Callable, *, batch_size: int, steps_per_epoch: i
   ``lax.while_loop``, and metric rows past ``num_steps`` are zero; the trainer
   sizes its calls by time this way. Either form computes each step the same
   way, so how a run is cut into calls does not change its result.
+
+  With ``replicas`` of more than one seed (``jax_dae.replicas``), ``state``,
+  ``perm`` ``[N, num_examples]`` and ``step_key`` ``[N]`` carry a leading
+  replica axis, the images are shared, every step runs all replicas at once
+  (``jax.vmap``), and metrics are ``[steps_per_call, N]``.
   """
 
   def step_at(state, images, perm, step_key):
@@ -52,6 +59,9 @@ def make_train_loop(train_step: Callable, *, batch_size: int, steps_per_epoch: i
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     return train_step(state, batch, jax.random.fold_in(step_key, state.step))
+
+  if replicas is not None:
+    step_at = replicas.map(step_at, in_axes=(0, None, 0, 0))
 
   def loop(state, images, perm, step_key, num_steps=None):
     if num_steps is None:
@@ -123,15 +133,19 @@ class DeviceFeed:
   sized_by_time = True
 
   def __init__(self, train_step, images, data_key, step_key, *, replicated, batch_sharding,
-               batch_size, steps_per_epoch, max_steps):
+               batch_size, steps_per_epoch, max_steps,
+               replicas: replicas_lib.Replicas | None = None):
+    replicas = replicas or replicas_lib.Replicas(seed=0)
     self._images = distributed.replicate(images, replicated)
     self._step_key = step_key
     self._loop = make_train_loop(train_step, batch_size=batch_size,
                                  steps_per_epoch=steps_per_epoch, steps_per_call=max_steps,
-                                 batch_sharding=batch_sharding)
-    self._permutation = jax.jit(
-        functools.partial(pipeline.permutation, data_key, num_examples=len(images)),
-        out_shardings=replicated)
+                                 batch_sharding=batch_sharding, replicas=replicas)
+    # Each replica's own order: [N, num_examples] from its data key.
+    permutation = replicas.map(functools.partial(pipeline.permutation,
+                                                 num_examples=len(images)), in_axes=(0, None))
+    self._permutation = jax.jit(functools.partial(permutation, data_key),
+                                out_shardings=replicated)
     self._perm = None
 
   def compile(self, state):

@@ -69,27 +69,46 @@ def figure(path: str | os.PathLike, *, ncols: int = 1, figsize=(5, 3.2), dpi: in
 
 
 def save_curves(metrics_path: str | os.PathLike, path: str | os.PathLike) -> None:
-  """Plots the training loss and validation PSNR/SSIM from metrics.jsonl."""
+  """Plots the training loss and validation PSNR/SSIM from metrics.jsonl.
+
+  A run of several seeds (``val/psnr/r0``, ``val/psnr/r1``, ...) is drawn as
+  the replicas' mean with a band from their minimum to their maximum.
+  """
   # A resumed run rewrites the steps after its checkpoint: keep each step's last row.
-  latest: dict[tuple[int, bool], dict] = {}
+  # Rows are keyed by step and by what they hold (train, val, test...).
+  latest: dict[tuple[int, tuple[str, ...]], dict] = {}
   for r in writers.read_jsonl(metrics_path):
-    latest[(r["step"], "val/psnr" in r)] = r
+    latest[(r["step"], tuple(sorted({k.split("/")[0] for k in r if "/" in k})))] = r
   rows = [latest[k] for k in sorted(latest)]
-  train = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
-  val = [(r["step"], r["val/psnr"], r["val/ssim"], r["val/input_psnr"]) for r in rows
-         if "val/psnr" in r]
+
+  def series(name):
+    """(steps, mean, low, high) of ``name`` over the rows that have it; low/high: replicas."""
+    have = [r for r in rows if name in r]
+    steps = np.array([r["step"] for r in have])
+    mean = np.array([r[name] for r in have])
+    per_replica = [[v for k, v in r.items() if k.startswith(f"{name}/r")] for r in have]
+    if have and all(per_replica):
+      return steps, mean, np.array([min(v) for v in per_replica]), np.array(
+          [max(v) for v in per_replica])
+    return steps, mean, None, None
+
+  def draw(ax, name, style, **kwargs):
+    steps, mean, low, high = series(name)
+    if not len(steps):
+      return
+    line, = ax.plot(steps, mean, style, **kwargs)
+    if low is not None:
+      ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
+
   with figure(path, ncols=3, figsize=(14, 3.8)) as (_, axes):
-    if train:
-      s, v = zip(*train, strict=True)
-      axes[0].plot(s, v, lw=0.8)
-      axes[0].set_yscale("log")
+    draw(axes[0], "train/loss", "-", lw=0.8)
+    axes[0].set_yscale("log")
     axes[0].set(title="training loss", xlabel="step")
-    if val:
-      s, p, q, ip = zip(*val, strict=True)
-      axes[1].plot(s, p, "o-", label="model")
-      axes[1].plot(s, ip, "--", color="gray", label="corrupted input")
+    draw(axes[1], "val/psnr", "o-", label="model")
+    draw(axes[1], "val/input_psnr", "--", color="gray", label="corrupted input")
+    if any("val/psnr" in r for r in rows):
       axes[1].legend()
-      axes[2].plot(s, q, "o-")
+    draw(axes[2], "val/ssim", "o-")
     axes[1].set(title="validation PSNR (dB)", xlabel="step")
     axes[2].set(title="validation SSIM", xlabel="step")
     for ax in axes:

@@ -27,6 +27,7 @@ import ml_collections
 STEP_FIELDS = (
     "seed",
     "train.batch_size",
+    "train.num_seeds",
     "data.name",
     "data.variant",
     "data.resize",

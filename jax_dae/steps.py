@@ -539,6 +539,41 @@ def make_train_step(*, loss_fn: losses.Loss, corrupt: corruptions.BatchCorruptio
   return train_step
 
 
+def make_batch_statistics(*, corrupt: corruptions.BatchCorruption,
+                          train_kwarg: str | None = "train",
+                          rng_streams: Sequence[str] = DEFAULT_RNG_STREAMS) -> Callable:
+  """Builds ``batch_statistics(state, images, keys, rng) -> batch_stats`` of one batch.
+
+  The BatchNorm statistics that a training step on ``images`` (corrupted
+  with the per-example ``keys``) computes under ``state``'s parameters:
+  each layer's batch mean and variance, as a tree like ``state.batch_stats``
+  (``evaluation.make_recompute_batch_stats`` averages them over many
+  batches). Read off the model's own running-average update, for any
+  momentum ``m``: a train-mode call from running statistics ``r`` returns
+  ``m * r + (1 - m) * b``, so calls from ``r = 0`` and ``r = 1`` give
+  ``(1 - m) * b`` and ``m``, hence ``b``. Layers whose statistics do not
+  follow that update (none in this library) would need their own rule.
+  """
+  kwargs = {train_kwarg: True} if train_kwarg else {}
+
+  def batch_statistics(state: TrainState, images: jax.Array, keys: jax.Array,
+                       rng: jax.Array):
+    noisy = corrupt(keys, to_float(images))
+    rngs = model_rngs(rng, rng_streams)
+
+    def updated(start: float):
+      stats = jax.tree.map(lambda x: jnp.full_like(x, start), state.batch_stats)
+      _, new = state.apply_fn({"params": state.params, "batch_stats": stats}, noisy,
+                              mutable=["batch_stats"], rngs=rngs, **kwargs)
+      return new["batch_stats"]
+
+    from_zero, from_one = updated(0.0), updated(1.0)
+    # from_one - from_zero = m; from_zero = (1 - m) * b.
+    return jax.tree.map(lambda z, o: z / (1.0 - (o - z)), from_zero, from_one)
+
+  return batch_statistics
+
+
 def _resolve(state_or_variables, apply_fn: Callable | None, where: str):
   """``(apply_fn, variables)`` from a TrainState or a variables dict."""
   if isinstance(state_or_variables, Mapping):
@@ -606,6 +641,7 @@ def make_eval_step(*, corrupt: corruptions.BatchCorruption, apply_fn: Callable |
 
 __all__ = [
     "DEFAULT_MUTABLE", "DEFAULT_RNG_STREAMS", "NNXModel", "TrainState", "example_index",
-    "from_nnx", "init_state", "loss_and_grad", "make_eval_step", "make_loss_fn",
+    "from_nnx", "init_state", "loss_and_grad", "make_batch_statistics", "make_eval_step",
+    "make_loss_fn",
     "make_reconstruct", "make_train_step", "model_rngs", "reduce_gradients", "to_float",
 ]

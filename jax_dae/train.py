@@ -10,6 +10,11 @@ Randomness: one root key from ``config.seed``; the data order of epoch ``e``
 uses ``fold_in(data_key, e)`` and step ``s`` uses ``fold_in(step_key, s)``, so a
 resumed run draws exactly what an uninterrupted one would, however the run is
 cut into compiled calls.
+
+Seeds: ``config.train.num_seeds = N`` trains N replicas (seeds ``seed`` to
+``seed + N - 1``) in one program (``jax_dae.replicas``). Metrics are written
+as the replicas' mean (``val/psnr``) and per replica (``val/psnr/r<k>``);
+the best checkpoint and early stopping follow the mean validation PSNR.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ from jax_dae import (
   validation,
   workdir_lock,
   writers,
+)
+from jax_dae import (
+  replicas as replicas_lib,
 )
 from jax_dae.data import pipeline
 
@@ -94,12 +102,6 @@ def open_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
     resume.check_config_change(workdir, config)
 
 
-def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """A run's keys: (init, data order, training corruption, evaluation corruption)."""
-  init_key, data_key, step_key, eval_key = jax.random.split(jax.random.key(seed), 4)
-  return init_key, data_key, step_key, eval_key
-
-
 class PhaseClock:
   """Wall time spent in each named phase of a run (``results.json``'s ``phase_s``)."""
 
@@ -123,6 +125,7 @@ class Run:
   workdir: Path
   clock: PhaseClock
   mesh: jax.sharding.Mesh
+  replicas: replicas_lib.Replicas
   num_test_images: int
   steps_per_epoch: int
   state: Any  # the initial or restored train state
@@ -130,6 +133,8 @@ class Run:
   feed: loops.DeviceFeed | loops.HostFeed
   placement: str
   evaluators: dict[str, Any]  # "val", "test", and "test/<name>" per config.test_corruptions
+  # BatchNorm statistics recomputed before each evaluation (config.train.bn_stats), or None.
+  recompute: evaluation.BatchStatsRecompute | None
   samples: evaluation.Samples
   compile_s: float
   writer: writers.MetricWriter
@@ -179,17 +184,19 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path) -> Run:
   models.check_fits(model, config.model.name, image_shape)
   corrupt = corruptions.parse(config.corruption, image_shape)
   replicated = NamedSharding(mesh, P())
-  init_key, data_key, step_key, eval_key = run_keys(config.seed)
+  replicas = replicas_lib.Replicas(config.seed, config.train.num_seeds)
+  init_key, data_key, step_key, eval_key = replicas.keys()
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints",
                                  max_to_keep=config.train.max_checkpoints, best_metric="psnr")
   with clock("init"):
-    state = jax.jit(functools.partial(steps.init_state, model, optimizers.create(config),
-                                      image_shape), out_shardings=replicated)(init_key)
+    init = replicas.map(functools.partial(steps.init_state, model, optimizers.create(config),
+                                          image_shape))
+    state = jax.jit(init, out_shardings=replicated)(init_key)
     state = ckpt.restore_latest(state)
   # Recorded once the checkpoint fits: a refused rerun leaves the run's config as it was.
   if distributed.is_main_process():
     writers.write_json(workdir / "config.json", config.to_dict())
-  start_step = int(state.step)
+  start_step = replicas_lib.step_of(state)
   if start_step >= steps_per_epoch * config.train.num_epochs:
     logging.info("Resuming from step %d: training is complete (%d epochs); evaluating.",
                  start_step, start_step // steps_per_epoch)
@@ -200,17 +207,26 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path) -> Run:
   elif (workdir / "metrics.jsonl").exists():
     logging.warning("No checkpoint in %s: starting from step 0.", workdir)
   logging.info("%s: %d parameters; %d devices; %d steps/epoch.", config.model.name,
-               sum(x.size for x in jax.tree.leaves(state.params)), num_devices, steps_per_epoch)
+               _num_params(state, replicas), num_devices, steps_per_epoch)
+  if replicas.stacked:
+    logging.info("%d replicas in one program: seeds %s.", replicas.num,
+                 ", ".join(map(str, replicas.seeds)))
 
   train_step = steps.make_train_step(loss_fn=losses.create(config.loss), corrupt=corrupt)
   placement = pipeline.resolve_placement(config.data.placement, splits["train"].nbytes,
                                          fraction=config.data.device_memory_fraction)
+  if replicas.stacked and placement != "device":
+    raise ValueError(
+        f"config.train.num_seeds={replicas.num} needs the training split on the devices, but it "
+        f"is streamed from the host (config.data.placement={config.data.placement!r}); use "
+        "placement='device' or one seed per run.")
   batch_sharding = NamedSharding(mesh, P(distributed.DATA_AXIS))
   if placement == "device":
     feed = loops.DeviceFeed(train_step, splits["train"], data_key, step_key,
                             replicated=replicated, batch_sharding=batch_sharding,
                             batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                            max_steps=min(steps_per_epoch, config.train.steps_per_call))
+                            max_steps=min(steps_per_epoch, config.train.steps_per_call),
+                            replicas=replicas)
   else:
     feed = loops.HostFeed(
         train_step, splits["train"], data_key, step_key, mesh=mesh, batch_size=batch_size,
@@ -224,8 +240,11 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path) -> Run:
   # under each of config.test_corruptions (sharing its device copy).
   eval_batch = min(config.train.eval_batch_size, len(splits["val"]))
   eval_batch = -(-eval_batch // num_devices) * num_devices
-  evaluator = (functools.partial(evaluation.DeviceEvaluator, replicated=replicated)
-               if placement == "device" else evaluation.HostEvaluator)
+  evaluator = functools.partial(
+      evaluation.DeviceEvaluator if placement == "device" else evaluation.HostEvaluator,
+      replicas=replicas)
+  if placement == "device":
+    evaluator = functools.partial(evaluator, replicated=replicated)
   eval_step = steps.make_eval_step(corrupt=corrupt)
   evaluators = {s: evaluator(eval_step, splits[s], eval_key, batch_sharding=batch_sharding,
                              batch_size=eval_batch) for s in ("val", "test")}
@@ -241,10 +260,15 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path) -> Run:
                                                    thread_name_prefix="compile_eval")
   for evaluate in evaluators.values():
     evaluate.compile_in_background(state, compiler)
+  recompute = None
+  if config.train.bn_stats == "recomputed" and jax.tree.leaves(state.batch_stats):
+    recompute = _batch_stats_recompute(config, splits["train"], corrupt, eval_key, replicas,
+                                       replicated)
+    recompute.compile_in_background(state, compiler)
   samples = evaluation.Samples(steps.make_reconstruct(corrupt=corrupt),
                                {s: splits[s] for s in ("val", "test")},
                                config.train.num_samples, eval_key, replicated=replicated,
-                               state=state, executor=compiler)
+                               state=state, executor=compiler, replicas=replicas)
   compiler.shutdown(wait=False)
   # Compiled ahead of time so compile time is measured apart from training.
   t0 = time.time()
@@ -256,11 +280,30 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path) -> Run:
   pictures = writers.Background("pictures")  # encoded and written while training goes on
   if main_process:
     pictures.submit(plots.prepare)  # Matplotlib's import, off the critical path.
-  return Run(config=config, workdir=workdir, clock=clock, mesh=mesh,
+  return Run(config=config, workdir=workdir, clock=clock, mesh=mesh, replicas=replicas,
              num_test_images=len(splits["test"]), steps_per_epoch=steps_per_epoch, state=state,
-             ckpt=ckpt, feed=feed, placement=placement, evaluators=evaluators, samples=samples,
+             ckpt=ckpt, feed=feed, placement=placement, evaluators=evaluators,
+             recompute=recompute, samples=samples,
              compile_s=compile_s, writer=writers.MetricWriter(workdir, active=main_process),
              pictures=pictures)
+
+
+def _batch_stats_recompute(config: ml_collections.ConfigDict, train_images: np.ndarray, corrupt,
+                           eval_key, replicas: replicas_lib.Replicas,
+                           replicated: NamedSharding) -> evaluation.BatchStatsRecompute:
+  """``config.train.bn_stats="recomputed"``: statistics of fixed training images, every epoch.
+
+  The images: ``bn_stats_images`` of the training split chosen once by
+  ``default_rng(0)`` (the same for every replica and every run of the
+  split); their corruption: keys from the second half of
+  ``split(eval_key)``, so each replica draws its own.
+  """
+  count = min(config.train.bn_stats_images, len(train_images))
+  chosen = np.sort(np.random.default_rng(0).permutation(len(train_images))[:count])
+  key = jax.jit(replicas.map(lambda k: jax.random.split(k)[1]))(eval_key)
+  return evaluation.BatchStatsRecompute(
+      steps.make_batch_statistics(corrupt=corrupt), train_images[chosen], key,
+      replicated=replicated, batch_size=config.train.batch_size, replicas=replicas)
 
 
 # How long a stop waits for the running call before abandoning it.
@@ -286,7 +329,7 @@ def train(run: Run, stop: stopping.StopRequest) -> Any:
   """
   config, ckpt, clock = run.config, run.ckpt, run.clock
   state, spe = run.state, run.steps_per_epoch
-  step = start_step = int(state.step)
+  step = start_step = replicas_lib.step_of(state)
   sizer = loops.CallSizer(config.train.seconds_per_call, config.train.steps_per_call)
   progress = _Progress(tqdm(total=run.num_steps * config.train.batch_size,
                             initial=start_step * config.train.batch_size, unit="img",
@@ -313,7 +356,7 @@ def train(run: Run, stop: stopping.StopRequest) -> Any:
             ckpt.save(step, state)
           last_save = time.time()
           _stop_if_asked(run, stop, step)
-      _end_epoch(run, state, epoch, float(np.mean(np.concatenate(epoch_losses))))
+      state = _end_epoch(run, state, epoch, np.mean(np.concatenate(epoch_losses), axis=0))
       last_save = time.time()
       _stop_if_asked(run, stop, step)
   finally:
@@ -325,6 +368,8 @@ def train(run: Run, stop: stopping.StopRequest) -> Any:
 def _train_call(run: Run, state, step: int, epoch_end: int, sizer: loops.CallSizer,
                 progress: _Progress, stop: stopping.StopRequest) -> tuple[Any, np.ndarray]:
   """One compiled call from ``step``: metrics written, progress shown; (state, its losses).
+
+  The losses are ``[steps, N]``, one column per replica.
 
   A stop that the call does not answer within a few seconds abandons it and
   saves the state it started from.
@@ -349,16 +394,16 @@ def _train_call(run: Run, state, step: int, epoch_end: int, sizer: loops.CallSiz
   call_metrics = distributed.to_host(call_metrics)
   call_s = time.time() - t
   count = count or len(call_metrics["loss"])
-  call_metrics = {k: v[:count] for k, v in call_metrics.items()}
+  call_metrics = {k: run.replicas.rows(v[:count]) for k, v in call_metrics.items()}
   sizer.record(count, call_s)
   progress.last_call_s = call_s
-  _check_finite(call_metrics, step)
+  _check_finite(call_metrics, step, run.replicas)
   progress.train_s += call_s
   progress.images += count * batch_size
-  means = {k: float(np.mean(v)) for k, v in call_metrics.items()}
-  run.writer.write_scalars(step + count, {f"train/{k}": v for k, v in means.items()})
+  means = {k: np.mean(v, axis=0) for k, v in call_metrics.items()}
+  run.writer.write_scalars(step + count, _replica_scalars("train", means, run.replicas))
   progress.bar.update(count * batch_size)
-  progress.bar.set_postfix(loss=f"{means['loss']:.4f}")
+  progress.bar.set_postfix(loss=f"{np.mean(means['loss']):.4f}")
   if not progress.eta_said and progress.images > count * batch_size:  # 2nd call: warm
     progress.eta_said = True
     rate = count * batch_size / call_s
@@ -367,32 +412,51 @@ def _train_call(run: Run, state, step: int, epoch_end: int, sizer: loops.CallSiz
     hint = ("; for a quick result on a CPU, stop (Ctrl-C) and add :runlocal to --config (a "
             "smoke setting of a few minutes)" if jax.default_backend() == "cpu" and seconds > 900
             else "")
-    logging.info("Training at %.1f img/s on %s: about %s for the %d steps left%s.", rate,
+    per = f" per replica ({run.replicas.num} replicas)" if run.replicas.stacked else ""
+    logging.info("Training at %.1f img/s%s on %s: about %s for the %d steps left%s.", rate, per,
                  jax.default_backend(), _humanize(seconds), left, hint)
   return state, call_metrics["loss"]
 
 
-def _end_epoch(run: Run, state, epoch: int, epoch_loss: float) -> None:
-  """Validation (and test on config.train.test_epochs), checkpoint, sample faces."""
-  config, clock, step = run.config, run.clock, int(state.step)
+def _end_epoch(run: Run, state, epoch: int, epoch_loss: np.ndarray) -> Any:
+  """Ends an epoch: BatchNorm statistics, validation (and test), checkpoint, sample faces.
+
+  Recomputes the BatchNorm statistics first if ``config.train.bn_stats`` asks
+  (returning the state that holds them), and evaluates the test split too
+  after the epochs in ``config.train.test_epochs``.
+
+  ``epoch_loss`` is ``[N]``, per replica. The checkpoint is ranked by the
+  replicas' mean validation PSNR; the sample grid shows the replica with the
+  best validation PSNR.
+  """
+  config, clock, step, replicas = run.config, run.clock, replicas_lib.step_of(state), run.replicas
+  if run.recompute is not None:
+    with clock("validation"):
+      state = run.recompute(state)
   with clock("validation"):
-    val = run.evaluators["val"](state)
-  scalars = {f"val/{k}": v for k, v in val.items()}
+    val = _per_replica(run.evaluators["val"](state), replicas)
+  scalars = _replica_scalars("val", val, replicas)
   if epoch + 1 in config.train.test_epochs:
     with clock("test"):
-      scalars |= {f"test/{k}": v for k, v in run.evaluators["test"](state).items()}
-  run.writer.write_scalars(step, scalars | {"epoch": epoch + 1, "train/epoch_loss": epoch_loss})
-  logging.info("epoch %d: loss %.5f, val PSNR %.2f dB, SSIM %.4f (input %.2f / %.4f)",
-               epoch + 1, epoch_loss, val["psnr"], val["ssim"], val["input_psnr"],
-               val["input_ssim"])
+      test = _per_replica(run.evaluators["test"](state), replicas)
+    scalars |= _replica_scalars("test", test, replicas)
+  scalars |= _replica_scalars("train", {"epoch_loss": epoch_loss}, replicas)
+  run.writer.write_scalars(step, scalars | {"epoch": epoch + 1})
+  mean = {k: float(np.mean(v)) for k, v in val.items()}
+  spread = (f" (replicas {np.min(val['psnr']):.2f} to {np.max(val['psnr']):.2f} dB)"
+            if replicas.stacked else "")
+  logging.info("epoch %d: loss %.5f, val PSNR %.2f dB%s, SSIM %.4f (input %.2f / %.4f)",
+               epoch + 1, float(np.mean(epoch_loss)), mean["psnr"], spread, mean["ssim"],
+               mean["input_psnr"], mean["input_ssim"])
   with clock("checkpoint"):
-    run.ckpt.save(step, state, metrics=val)
+    run.ckpt.save(step, state, metrics=mean)
   with clock("samples"):
-    noisy, recon, clean = run.samples(state, "val")
+    noisy, recon, clean = run.samples(state, "val", int(np.argmax(val["psnr"])))
     if distributed.is_main_process():
       run.pictures.submit(plots.save_sample_grid,
                           run.workdir / "samples" / f"epoch_{epoch + 1:03d}.png", noisy, recon,
                           clean / 255.0)
+  return state
 
 
 def _stop_if_asked(run: Run, stop: stopping.StopRequest, step: int, *,
@@ -407,33 +471,54 @@ def _stop_if_asked(run: Run, stop: stopping.StopRequest, step: int, *,
 
 
 def test_and_report(run: Run, state, start_time: float) -> dict:
-  """Test metrics of the final and the best-validation state; results.json, curves, faces."""
-  config, clock, ckpt = run.config, run.clock, run.ckpt
+  """Test metrics of the final and the best-validation state; results.json, curves, faces.
+
+  With several replicas, ``test``, ``test_input`` and ``test_at_best_val``
+  hold the replicas' means, ``replicas`` each replica's own, and ``spread``
+  their mean, std, min and max.
+  """
+  config, clock, ckpt, replicas = run.config, run.clock, run.ckpt, run.replicas
+  step = replicas_lib.step_of(state)
   with clock("checkpoint"):
     ckpt.wait()
   run.feed.close()
   with clock("test"):
     t = time.time()
-    final = {name: evaluate(state) for name, evaluate in run.evaluators.items()
-             if name.startswith("test")}
+    final = {name: _per_replica(evaluate(state), replicas)
+             for name, evaluate in run.evaluators.items() if name.startswith("test")}
     eval_s = time.time() - t
   # The best checkpoint is often the final state: then its metrics are the same.
-  final_is_best = ckpt.best_step() == int(state.step)
+  final_is_best = ckpt.best_step() == step
   with clock("checkpoint"):
     best_state = state if final_is_best else ckpt.restore_best(state)
   with clock("test"):
-    best = final if final_is_best else {name: run.evaluators[name](best_state) for name in final}
+    best = final if final_is_best else {
+        name: _per_replica(run.evaluators[name](best_state), replicas) for name in final}
+  best_step = replicas_lib.step_of(best_state)
+  rows = writers.read_jsonl(run.workdir / "metrics.jsonl", missing_ok=True)
+  best_replica = replicas_lib.best_replica(rows, best_step, replicas.num)
 
   def split(name):
-    model = {k: v for k, v in final[name].items() if not k.startswith("input_")}
-    corrupted = {k[len("input_"):]: v for k, v in final[name].items() if k.startswith("input_")}
-    at_best = {k: v for k, v in best[name].items() if not k.startswith("input_")}
-    return {"test": model, "test_input": corrupted, "test_at_best_val": at_best}
+    """Per replica, then their means and spread: {test, test_input, test_at_best_val}."""
+    parts = {
+        "test": {k: v for k, v in final[name].items() if not k.startswith("input_")},
+        "test_input": {k[len("input_"):]: v for k, v in final[name].items()
+                       if k.startswith("input_")},
+        "test_at_best_val": {k: v for k, v in best[name].items() if not k.startswith("input_")},
+    }
+    out = {part: {k: float(np.mean(v)) for k, v in metrics.items()}
+           for part, metrics in parts.items()}
+    per_replica = {part: replicas_lib.split_metrics(m) for part, m in parts.items()}
+    out["replicas"] = [{"seed": seed, **{part: per_replica[part][k] for part in parts}}
+                       for k, seed in enumerate(replicas.seeds)]
+    out["spread"] = {part: {k: replicas_lib.spread(v) for k, v in metrics.items()}
+                     for part, metrics in parts.items()}
+    return out
 
   # The first test faces, as corrupted for the evaluation, through the final model.
   main_process = distributed.is_main_process()
   with clock("samples"):
-    noisy, recon, faces = run.samples(state, "test")
+    noisy, recon, faces = run.samples(state, "test", best_replica)
     if main_process and len(faces):
       run.pictures.submit(plots.save_sample_grid, run.workdir / "samples" / "test.png", noisy,
                           recon, faces / 255.0)
@@ -444,11 +529,14 @@ def test_and_report(run: Run, state, start_time: float) -> dict:
   train_s = run.train_s
   results = {
       "config": config.to_dict(),
-      "step": int(state.step),
-      "epochs": int(state.step) // run.steps_per_epoch,
-      "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
+      "step": step,
+      "epochs": step // run.steps_per_epoch,
+      "num_params": _num_params(state, replicas),
+      "num_seeds": replicas.num,
+      "seeds": replicas.seeds,
+      "best_replica": best_replica,
       **split("test"),
-      "best_val_step": int(best_state.step),
+      "best_val_step": best_step,
       "test_by_epoch": _test_by_epoch(run.workdir / "metrics.jsonl"),
       "test_by_corruption": {name[len("test/"):]: split(name) for name in final if "/" in name},
       "num_test_images": run.num_test_images,
@@ -466,29 +554,59 @@ def test_and_report(run: Run, state, start_time: float) -> dict:
   results["phase_s"] = phases | {"other": results["wall_s"] - sum(phases.values())}
   logging.info("wall time %.1f s: %s.", results["wall_s"], ", ".join(
       f"{k} {v:.1f} s" for k, v in sorted(results["phase_s"].items(), key=lambda kv: -kv[1])))
-  test = final["test"]
-  run.writer.write_scalars(int(state.step), {f"test/{k}": v for k, v in test.items()})
+  run.writer.write_scalars(step, _replica_scalars("test", final["test"], replicas))
   if main_process:
     run.pictures.submit(plots.save_curves, run.workdir / "metrics.jsonl",
                         run.workdir / "curves.png")
   run.close()  # Every picture and checkpoint is on disk before results.json says it is done.
   if main_process:
     writers.write_json(run.workdir / "results.json", results)
-  logging.info("test: PSNR %.2f dB, SSIM %.4f (corrupted input %.2f / %.4f); %s",
-               test["psnr"], test["ssim"], test["input_psnr"], test["input_ssim"],
+  test, corrupted = results["test"], results["test_input"]
+  spread = results["spread"]["test"]["psnr"]
+  seeds = (f" (mean of {replicas.num} seeds; std {spread['std']:.2f}, {spread['min']:.2f} to "
+           f"{spread['max']:.2f} dB)" if replicas.stacked else "")
+  logging.info("test: PSNR %.2f dB%s, SSIM %.4f (corrupted input %.2f / %.4f); %s",
+               test["psnr"], seeds, test["ssim"], corrupted["psnr"], corrupted["ssim"],
                run.workdir / "results.json")
   return results
 
 
-def _check_finite(step_metrics: Mapping[str, np.ndarray], first_step: int) -> None:
+def _check_finite(step_metrics: Mapping[str, np.ndarray], first_step: int,
+                  replicas: replicas_lib.Replicas) -> None:
+  """Raises at the first non-finite value of ``[steps, N]`` metrics, naming step and replica."""
   for name, values in step_metrics.items():
-    bad = np.flatnonzero(~np.isfinite(values))
+    bad = np.argwhere(~np.isfinite(values))
     if bad.size:
+      row, k = bad[0]
+      which = f" of replica {k} (seed {replicas.seeds[k]})" if replicas.stacked else ""
       raise FloatingPointError(
-          f"{name} became {values[bad[0]]} at step {first_step + int(bad[0]) + 1}; training "
+          f"{name}{which} became {values[row, k]} at step {first_step + int(row) + 1}; training "
           "stopped and the last checkpoint was kept. Lower config.optimizer.learning_rate or "
           "check the data."
       )
+
+
+def _per_replica(metrics: Mapping[str, Any], replicas: replicas_lib.Replicas
+                 ) -> dict[str, np.ndarray]:
+  """An evaluator's means as ``{metric: [N]}``."""
+  return {k: replicas.per_replica(v) for k, v in metrics.items()}
+
+
+def _replica_scalars(prefix: str, metrics: Mapping[str, np.ndarray],
+                     replicas: replicas_lib.Replicas) -> dict[str, float]:
+  """``{prefix/name: mean}``, plus ``prefix/name/r<k>`` per replica when there are several."""
+  out = {}
+  for name, values in metrics.items():
+    values = replicas.per_replica(values)
+    out[f"{prefix}/{name}"] = float(np.mean(values))
+    if replicas.stacked:
+      out |= {f"{prefix}/{name}/r{k}": float(v) for k, v in enumerate(values)}
+  return out
+
+
+def _num_params(state, replicas: replicas_lib.Replicas) -> int:
+  """Parameters of one replica."""
+  return sum(x.size for x in jax.tree.leaves(state.params)) // replicas.num
 
 
 def _test_by_epoch(metrics_path: Path) -> dict[str, dict[str, float]]:

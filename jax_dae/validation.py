@@ -157,6 +157,14 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
               "max_checkpoints"):
     _check_int(f"config.train.{key}", cfg[key], 1)
   _check_int("config.train.num_samples", cfg.num_samples, 0)
+  if cfg.get("bn_stats", "running") not in ("running", "recomputed"):
+    raise ValueError(f"config.train.bn_stats={cfg.bn_stats!r} is unknown; allowed: 'running', "
+                     "'recomputed'.")
+  if "bn_stats_images" in cfg:
+    _check_int("config.train.bn_stats_images", cfg.bn_stats_images, cfg.batch_size,
+               " (config.train.batch_size at least)")
+  if "num_seeds" in cfg:
+    _check_int("config.train.num_seeds", cfg.num_seeds, 1, " (replicas trained together)")
   _check_int("config.train.patience", cfg.patience, 0, " (0 = no early stopping)")
   for epoch in cfg.test_epochs:
     if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= cfg.num_epochs:

@@ -280,11 +280,11 @@ def test_forward(config, image_shape: tuple[int, ...]):
   """
   import jax
 
-  from jax_dae import corruptions, train
+  from jax_dae import corruptions, replicas
 
   model = models.from_config(config, out_channels=image_shape[-1])
   corrupt = corruptions.parse(config.corruption, image_shape)
-  eval_key = train.run_keys(config.seed)[3]
+  eval_key = replicas.run_keys(config.seed)[3]
 
   @jax.jit
   def forward(variables, images, indices):

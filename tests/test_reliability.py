@@ -2,23 +2,17 @@
 
 import json
 import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from cli_runs import ROOT, interrupt_after_first_progress, resumed_from, run
 
 from configs import lfw_cae
 from jax_dae import checkpoint, models, optimizers, steps, validation, workdir_lock
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 # 64x64 faces, 8 steps per epoch, 3 epochs: a few seconds of training on 2
 # cores, in calls of about half a second, so a signal lands mid-run.
@@ -38,24 +32,6 @@ def _flags(shared_data, workdir, *extra):
       "--config.mesh.num_devices=1", f"--compilation_cache={ROOT / '.pytest_cache' / 'xla'}",
       *extra,
   ]
-
-
-def _env(fault=None):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=str(ROOT))
-  if fault:
-    env["JAX_DAE_FAULT"] = fault
-  return env
-
-
-def _cmd(args, fault=None):
-  if fault:
-    return [sys.executable, str(ROOT / "tests" / "fault_runner.py"), *args]
-  return [sys.executable, "-m", "jax_dae.main", *args]
-
-
-def _run(args, fault=None):
-  return subprocess.run(_cmd(args, fault), cwd=ROOT, env=_env(fault), capture_output=True,
-                        text=True, timeout=600)
 
 
 def _template():
@@ -87,51 +63,19 @@ def _assert_same_state(a, b):
 
 def _rerun_resumes_like(straight, args, workdir, saved):
   """The same command again resumes from ``saved`` and ends as the uninterrupted run."""
-  finished = _run(args)
+  finished = run(args)
   assert finished.returncode == 0, finished.stderr[-3000:]
-  assert _resumed_from(finished.stderr) == saved
+  assert resumed_from(finished.stderr) == saved
   _assert_same_state(_restore(straight), _restore(workdir))
-
-
-def _resumed_from(log: str) -> int:
-  match = re.search(r"Resuming from step (\d+)", log)
-  assert match, log[-3000:]
-  return int(match.group(1))
 
 
 @pytest.fixture(scope="module")
 def straight(shared_data, tmp_path_factory):
   """An uninterrupted run: its workdir."""
   workdir = tmp_path_factory.mktemp("straight")
-  done = _run(_flags(shared_data, workdir))
+  done = run(_flags(shared_data, workdir))
   assert done.returncode == 0, done.stderr[-3000:]
   return workdir
-
-
-def _interrupt_after_first_progress(args, workdir, fault=None):
-  """Starts the command, sends SIGINT after its first progress line with a rate.
-
-  Asserts that it exited as SIGINT asks, without a traceback, naming the step
-  it saved. Returns (seconds from the signal to the exit, everything it
-  printed, the newest checkpoint's step).
-  """
-  proc = subprocess.Popen(_cmd(args, fault), cwd=ROOT, env=_env(fault), stderr=subprocess.PIPE,
-                          text=True)
-  # tqdm's line after a call: "8/1536 [00:01<03:10, 7.9img/s" (or "s/img" when slow).
-  seen = ""
-  while not re.search(r"[1-9]\d*/\d+ \[[^]]*\d(img/s|s/img)", seen):
-    chunk = proc.stderr.read(1)
-    assert chunk, f"exited before any progress: {seen[-3000:]}"
-    seen += chunk
-  proc.send_signal(signal.SIGINT)
-  sent = time.time()
-  _, rest = proc.communicate(timeout=120)
-  stopped_in, log = time.time() - sent, seen + rest
-  assert proc.returncode == 128 + signal.SIGINT, log[-3000:]
-  assert "Traceback" not in log
-  saved = checkpoint.Checkpointer(workdir / "checkpoints").latest_step()
-  assert f"stopped by SIGINT at step {saved}" in log
-  return stopped_in, log, saved
 
 
 @pytest.mark.slow
@@ -139,7 +83,7 @@ def test_sigint_stops_within_seconds_with_a_checkpoint_and_resumes_bit_identical
     shared_data, straight, tmp_path):
   workdir = tmp_path / "interrupted"
   args = _flags(shared_data, workdir)
-  stopped_in, _, saved = _interrupt_after_first_progress(args, workdir)
+  stopped_in, _, saved = interrupt_after_first_progress(args, workdir)
   assert stopped_in < 10, stopped_in
   assert saved is not None and 0 < saved < TOTAL_STEPS, saved  # stopped mid-run, saved
   assert not (workdir / "results.json").exists()
@@ -153,7 +97,7 @@ def test_sigint_during_a_long_call_saves_the_state_before_it_without_waiting(
   """One step takes seconds (as a large model's on a CPU): the stop does not wait for it."""
   workdir = tmp_path / "long"
   args = _flags(shared_data, workdir)
-  stopped_in, log, saved = _interrupt_after_first_progress(args, workdir, fault="slow:1500")
+  stopped_in, log, saved = interrupt_after_first_progress(args, workdir, fault="slow:1500")
   assert stopped_in < 5, stopped_in  # less than the step it abandoned
   assert "did not finish within" in log
   assert saved == 1  # the first call (one step) finished; the second was abandoned
@@ -166,7 +110,7 @@ def test_sigkill_during_a_later_save_resumes_from_the_checkpoint_on_disk(
   workdir = tmp_path / "killed"
   args = _flags(shared_data, workdir)
   # The 1st save (end of epoch 1, step 8) is on disk; killed while epoch 2's is written.
-  killed = _run(args, fault="save:2")
+  killed = run(args, fault="save:2")
   assert killed.returncode == -signal.SIGKILL
   assert checkpoint.Checkpointer(workdir / "checkpoints").latest_step() == STEPS_PER_EPOCH
   _rerun_resumes_like(straight, args, workdir, STEPS_PER_EPOCH)
@@ -179,7 +123,7 @@ def test_sigkill_during_a_later_save_resumes_from_the_checkpoint_on_disk(
 def test_nan_after_a_checkpoint_stops_and_keeps_that_checkpoint(shared_data, straight, tmp_path):
   workdir = tmp_path / "nan"
   nan_step = STEPS_PER_EPOCH + 3  # mid epoch 2, after epoch 1's checkpoint
-  result = _run(_flags(shared_data, workdir), fault=f"nan:{nan_step}")
+  result = run(_flags(shared_data, workdir), fault=f"nan:{nan_step}")
   assert result.returncode == 1
   assert f"loss became nan at step {nan_step}" in result.stderr
   assert "Traceback" not in result.stderr
@@ -196,7 +140,7 @@ def test_rerun_with_another_batch_size_or_model_is_refused_and_more_epochs_conti
   shutil.copytree(straight, workdir)
   before = sorted(p.name for p in (workdir / "checkpoints" / "latest").iterdir())
 
-  refused = _run(_flags(shared_data, workdir, "--config.train.batch_size=16",
+  refused = run(_flags(shared_data, workdir, "--config.train.batch_size=16",
                         f"--config.train.num_epochs={2 * EPOCHS}"))
   assert refused.returncode != 0
   assert "config.train.batch_size was 8, now 16" in refused.stderr
@@ -204,22 +148,22 @@ def test_rerun_with_another_batch_size_or_model_is_refused_and_more_epochs_conti
 
   # Allowed past the config check, a model with other parameters still cannot
   # restore: the checkpoint's tree is named, not called damaged.
-  mismatch = _run(_flags(shared_data, workdir, "--config.model.name=TinyResCAE",
+  mismatch = run(_flags(shared_data, workdir, "--config.model.name=TinyResCAE",
                          "--config.train.allow_config_change=True"))
   assert mismatch.returncode != 0
   assert "damaged" not in mismatch.stderr
   assert "params" in mismatch.stderr.splitlines()[-1]
   assert sorted(p.name for p in (workdir / "checkpoints" / "latest").iterdir()) == before
 
-  longer = _run(_flags(shared_data, workdir, f"--config.train.num_epochs={EPOCHS + 1}"))
+  longer = run(_flags(shared_data, workdir, f"--config.train.num_epochs={EPOCHS + 1}"))
   assert longer.returncode == 0, longer.stderr[-3000:]
-  assert _resumed_from(longer.stderr) == TOTAL_STEPS
+  assert resumed_from(longer.stderr) == TOTAL_STEPS
   assert json.loads((workdir / "results.json").read_text())["step"] == TOTAL_STEPS + STEPS_PER_EPOCH
 
 
 def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
   with workdir_lock.hold(tmp_path):
-    result = _run(["--config=configs/lfw_cae.py:runlocal", f"--workdir={tmp_path}"])
+    result = run(["--config=configs/lfw_cae.py:runlocal", f"--workdir={tmp_path}"])
   assert result.returncode != 0
   assert f"pid {os.getpid()}" in result.stderr
   assert "Traceback" not in result.stderr
@@ -281,7 +225,7 @@ def test_model_incompatible_with_data_shape_is_one_line():
 
 
 def test_cli_reports_config_error_in_one_line_without_traceback(tmp_path):
-  result = _run(["--config=configs/lfw_cae.py", f"--workdir={tmp_path}",
+  result = run(["--config=configs/lfw_cae.py", f"--workdir={tmp_path}",
                  "--config.model.name=Nope"])
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
@@ -312,7 +256,7 @@ def test_background_save_survives_the_callers_buffers_being_donated(tmp_path):
 @pytest.mark.slow
 def test_checkpoints_are_also_written_by_time_mid_epoch(shared_data, tmp_path):
   workdir = tmp_path / "timed"
-  done = _run(_flags(shared_data, workdir, "--config.train.num_epochs=1",
+  done = run(_flags(shared_data, workdir, "--config.train.num_epochs=1",
                      "--config.train.checkpoint_every_s=1e-3",
                      "--config.train.max_checkpoints=20"))
   assert done.returncode == 0, done.stderr[-3000:]

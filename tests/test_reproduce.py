@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import lfw_cae
-from jax_dae import corruptions, data, inference, metrics, models, steps, train
+from jax_dae import corruptions, data, inference, metrics, models, replicas, steps, train
 from jax_dae.models import vgg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -68,7 +68,7 @@ def test_exported_variables_reproduce_the_runs_test_psnr_and_give_lpips(shared_d
   model = models.from_config(config, out_channels=test.shape[-1])
   corrupt = corruptions.parse(config.corruption, test.shape[1:])
   clean = steps.to_float(test)
-  noisy = corrupt(corruptions.example_keys(train.run_keys(config.seed)[3], np.arange(len(test))),
+  noisy = corrupt(corruptions.example_keys(replicas.run_keys(config.seed)[3], np.arange(len(test))),
                   clean)
   out = model.apply(variables, noisy, train=False)
   assert got["lpips"] == pytest.approx(
