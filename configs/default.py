@@ -92,6 +92,9 @@ def get_config() -> ml_collections.ConfigDict:
   # is the run of seed + k (jax_dae.replicas). results.json reports each and
   # their mean, std, min and max.
   config.train.num_seeds = 1
+  # How the replicas run in the program: "vmap" (vectorised; grouped
+  # convolutions) or "unrolled" (each traced in turn; plain convolutions).
+  config.train.seeds_form = "vmap"
   # Most train steps fused in one compiled call. Calls are sized by time
   # (seconds_per_call) up to this; data streamed from the host (placement=host)
   # uses this, rounded down to a divisor of the steps per epoch, for every call.

@@ -461,7 +461,8 @@ def load(workdir: str | Path, *, checkpoint: str = "best", replica: int | None =
   # An abstract state (shapes only): nothing is initialised, and a failed
   # restore cannot silently hand back random weights.
   init_shape = (height or 64, width or 64, channels)
-  replicas = replicas_lib.Replicas(config.seed, config.train.get("num_seeds", 1))
+  replicas = replicas_lib.Replicas(config.seed, config.train.get("num_seeds", 1),
+                                    config.train.get("seeds_form", "vmap"))
   if replica is not None and not 0 <= replica < replicas.num:
     raise ValueError(f"replica={replica}: the run in {workdir} has {replicas.num} replica(s) "
                      f"(0..{replicas.num - 1}).")

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+FORMS = ("vmap", "unrolled")
+
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """A run's keys: (init, data order, training corruption, evaluation corruption)."""
@@ -44,14 +46,23 @@ class Replicas:
   Attributes:
     seed: the first replica's seed (``config.seed``).
     num: the number of replicas (``config.train.num_seeds``).
+    form: how a function runs over the replicas (``config.train.seeds_form``):
+      ``"vmap"`` (one vectorised computation: a convolution whose weights
+      differ per replica becomes a grouped convolution) or ``"unrolled"``
+      (the function traced once per replica in the same program: plain
+      convolutions, N times the kernels and the compile time). Both compute
+      the same values.
   """
 
   seed: int
   num: int = 1
+  form: str = "vmap"
 
   def __post_init__(self):
     if isinstance(self.num, bool) or not isinstance(self.num, int) or self.num < 1:
       raise ValueError(f"num_seeds must be a positive integer, got {self.num!r}.")
+    if self.form not in FORMS:
+      raise ValueError(f"seeds_form={self.form!r} is unknown; allowed: {', '.join(FORMS)}.")
 
   @property
   def stacked(self) -> bool:
@@ -76,7 +87,23 @@ class Replicas:
     ``in_axes`` as for ``jax.vmap``: ``0`` for per-replica arguments (state,
     keys), ``None`` for shared ones (the images).
     """
-    return jax.vmap(fn, in_axes=in_axes) if self.stacked else fn
+    if not self.stacked:
+      return fn
+    if self.form == "vmap":
+      return jax.vmap(fn, in_axes=in_axes)
+    return self._unrolled(fn, in_axes)
+
+  def _unrolled(self, fn: Callable, in_axes: Any) -> Callable:
+    """``fn`` applied to each replica's slice in turn, the results stacked."""
+
+    def mapped(*args):
+      axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+      outs = [fn(*(a if ax is None else jax.tree.map(lambda x, k=k: x[k], a)
+                   for a, ax in zip(args, axes, strict=True)))
+              for k in range(self.num)]
+      return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return mapped
 
   def take(self, tree: Any, k: int) -> Any:
     """Replica ``k`` of a stacked tree (the tree itself for one replica)."""

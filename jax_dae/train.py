@@ -184,7 +184,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path) -> Run:
   models.check_fits(model, config.model.name, image_shape)
   corrupt = corruptions.parse(config.corruption, image_shape)
   replicated = NamedSharding(mesh, P())
-  replicas = replicas_lib.Replicas(config.seed, config.train.num_seeds)
+  replicas = replicas_lib.Replicas(config.seed, config.train.num_seeds,
+                                    config.train.get("seeds_form", "vmap"))
   init_key, data_key, step_key, eval_key = replicas.keys()
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints",
                                  max_to_keep=config.train.max_checkpoints, best_metric="psnr")

@@ -163,6 +163,9 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
   if "bn_stats_images" in cfg:
     _check_int("config.train.bn_stats_images", cfg.bn_stats_images, cfg.batch_size,
                " (config.train.batch_size at least)")
+  if cfg.get("seeds_form", "vmap") not in ("vmap", "unrolled"):
+    raise ValueError(f"config.train.seeds_form={cfg.seeds_form!r} is unknown; allowed: 'vmap', "
+                     "'unrolled'.")
   if "num_seeds" in cfg:
     _check_int("config.train.num_seeds", cfg.num_seeds, 1, " (replicas trained together)")
   _check_int("config.train.patience", cfg.patience, 0, " (0 = no early stopping)")

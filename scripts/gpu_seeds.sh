@@ -18,7 +18,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 JAX_DAE_CACHE=/tmp/jax_dae_cache
 export TQDM_DISABLE=1
-nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/timing.txt"
+nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/log.txt"
 python3 - <<'PY'
 from configs import lfw_cae
 from jax_dae import data
@@ -31,7 +31,7 @@ run() {  # run NAME NUM_SEEDS [FLAGS...]
     --config.data.dir=.carry/data --config.train.num_seeds="$2" "${EXTRA[@]}" "${@:3}" \
     > "/tmp/$1.log" 2>&1 || { tail -40 "/tmp/$1.log"; exit 1; }
   echo "$1: num_seeds=$2, command to results.json $(python3 -c "import time; print(round(time.time() - $t0, 1))") s" \
-    | tee -a "$OUT/timing.txt"
+    | tee -a "$OUT/log.txt"
   mkdir -p "$OUT/$1"
   cp "/tmp/$1/results.json" "/tmp/$1/metrics.jsonl" "$OUT/$1/"  # (at most 8 files come back)
   { echo "== $1"; grep -E "epoch [0-9]+:|test:|wall time" "/tmp/$1.log" | sed 's/^.*\] //'; } \
@@ -41,3 +41,6 @@ run seeds1 1
 run "seeds$N" "$N"
 # The evaluation fix: BatchNorm statistics recomputed under the current weights.
 run "seeds${N}_recomputed" "$N" --config.train.bn_stats=recomputed
+# Throughput of 1, 4 and 8 seeds in one program (CAE mse b8 fp32, b64 bf16).
+python3 scripts/bench_seeds.py --windows=3 --out "$OUT/bench_seeds.json" 2>&1 \
+  | grep -E "img/s|compiled" | tee -a "$OUT/log.txt"

@@ -45,8 +45,8 @@ def resumed_from(log: str) -> int:
   return int(match.group(1))
 
 
-def interrupt_after_first_progress(args, workdir, fault=None):
-  """Starts the command, sends SIGINT after its first progress line with a rate.
+def interrupt_after_first_progress(args, workdir, fault=None, delay_s=0.0):
+  """Starts the command, sends SIGINT ``delay_s`` after its first progress line with a rate.
 
   Asserts that it exited as SIGINT asks, without a traceback, naming the step
   it saved. Returns (seconds from the signal to the exit, everything it
@@ -60,6 +60,7 @@ def interrupt_after_first_progress(args, workdir, fault=None):
     chunk = proc.stderr.read(1)
     assert chunk, f"exited before any progress: {seen[-3000:]}"
     seen += chunk
+  time.sleep(delay_s)
   proc.send_signal(signal.SIGINT)
   sent = time.time()
   _, rest = proc.communicate(timeout=120)

@@ -97,7 +97,10 @@ def test_sigint_during_a_long_call_saves_the_state_before_it_without_waiting(
   """One step takes seconds (as a large model's on a CPU): the stop does not wait for it."""
   workdir = tmp_path / "long"
   args = _flags(shared_data, workdir)
-  stopped_in, log, saved = interrupt_after_first_progress(args, workdir, fault="slow:1500")
+  # The first call (one step, ~9 s) is done when its progress shows; a second
+  # later the next one is surely running (and far from done).
+  stopped_in, log, saved = interrupt_after_first_progress(args, workdir, fault="slow:1500",
+                                                          delay_s=1.0)
   assert stopped_in < 5, stopped_in  # less than the step it abandoned
   assert "did not finish within" in log
   assert saved == 1  # the first call (one step) finished; the second was abandoned
