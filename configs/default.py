@@ -112,12 +112,16 @@ def get_config() -> ml_collections.ConfigDict:
   # corruption, loss, optimizer, model) differ from the run in --workdir.
   config.train.allow_config_change = False
   # BatchNorm statistics that evaluation, checkpoints and inference use:
-  # "running" (the averages kept in training, as Keras and PyTorch do) or
   # "recomputed" (at each epoch's end, the population statistics of
   # bn_stats_images fixed training images under the current weights, in
-  # groups of batch_size; evaluation.make_recompute_batch_stats).
-  config.train.bn_stats = "running"
+  # groups of batch_size; evaluation.make_recompute_batch_stats) or
+  # "running" (the averages kept in training, as Keras and PyTorch do: the
+  # seeds' protocol, whose validation PSNR jumps; docs/seeds.md).
+  config.train.bn_stats = "recomputed"
   config.train.bn_stats_images = 1024
+  # Evaluate (and checkpoint for inference) an exponential moving average of
+  # the weights with this decay per step (0: the weights themselves).
+  config.train.ema_decay = 0.0
   # Batch size of evaluation (padded; does not change results).
   config.train.eval_batch_size = 256
   # Validation images shown in the per-epoch sample grid.

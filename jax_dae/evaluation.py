@@ -78,7 +78,7 @@ def make_evaluate(eval_step: Callable, *, num_examples: int, batch_size: int,
 
 def make_recompute_batch_stats(batch_statistics: Callable, *, batch_size: int,
                                replicas: replicas_lib.Replicas | None = None) -> Callable:
-  """``recompute(state, images, key) -> state`` with BatchNorm statistics of the current weights.
+  """``recompute(state, images, key) -> batch_stats`` of ``state``'s current weights.
 
   The running averages a model keeps in training lag its weights: they mix
   batches of the last ~``1 / (1 - momentum)`` steps, taken under older
@@ -88,9 +88,9 @@ def make_recompute_batch_stats(batch_statistics: Callable, *, batch_size: int,
   batch, so every layer sees inputs normalised as in training) gives its
   mean and variance (``steps.make_batch_statistics``); the means are
   averaged, and the variance is the groups' mean square less the squared
-  mean. Parameters and optimizer state are untouched, so training goes on
-  exactly as it would have (only evaluation and inference see the new
-  statistics).
+  mean. The trainer puts them in the state: training steps never read
+  them, so training goes on exactly as it would have (only evaluation,
+  checkpoints and inference see the new statistics).
 
   Args:
     batch_statistics: from ``steps.make_batch_statistics``.
@@ -118,12 +118,11 @@ def make_recompute_batch_stats(batch_statistics: Callable, *, batch_size: int,
 
     per_group_means = {path[:-1]: x for path, x in jax.tree_util.tree_leaves_with_path(per_group)
                        if getattr(path[-1], "key", None) == "mean"}
-    new = jax.tree_util.tree_map_with_path(combine, per_group, state.batch_stats)
-    return state.replace(batch_stats=new)
+    return jax.tree_util.tree_map_with_path(combine, per_group, state.batch_stats)
 
   if replicas is not None:
     recompute = replicas.map(recompute, in_axes=(0, None, 0))
-  return jax.jit(recompute, donate_argnums=0)
+  return jax.jit(recompute)
 
 
 def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
@@ -237,7 +236,7 @@ def _to_float(value) -> float | np.ndarray:
 
 
 class BatchStatsRecompute:
-  """``recompute(state) -> state``: ``make_recompute_batch_stats`` on fixed images on the devices.
+  """``recompute(state) -> batch_stats``: ``make_recompute_batch_stats`` on fixed device images.
 
   The images are the first ``images`` rounded down to whole groups of
   ``batch_size``; ``key`` (``[N]`` for stacked replicas) draws their
@@ -260,7 +259,7 @@ class BatchStatsRecompute:
     self._recompute = compile_on(executor, self._recompute, state, self._images, self._key)
 
   def __call__(self, state):
-    """``state`` (donated) with recomputed BatchNorm statistics."""
+    """BatchNorm statistics of ``state``'s weights."""
     if isinstance(self._recompute, concurrent.futures.Future):
       self._recompute = self._recompute.result()
     return self._recompute(state, self._images, self._key)

@@ -467,7 +467,8 @@ def load(workdir: str | Path, *, checkpoint: str = "best", replica: int | None =
     raise ValueError(f"replica={replica}: the run in {workdir} has {replicas.num} replica(s) "
                      f"(0..{replicas.num - 1}).")
   abstract = jax.eval_shape(
-      replicas.map(functools.partial(steps.init_state, model, tx, init_shape)),
+      replicas.map(functools.partial(steps.init_state, model, tx, init_shape,
+                                     ema=config.train.get("ema_decay", 0.0) > 0)),
       replicas.keys()[0])
   ckpt = checkpoint_lib.Checkpointer(ckpt_dir)
   try:
@@ -490,6 +491,7 @@ def load(workdir: str | Path, *, checkpoint: str = "best", replica: int | None =
       replica = replicas_lib.best_replica(rows, step, replicas.num)
     state = replicas.take(state, replica)
     name = f"{name}, replica {replica} (seed {replicas.seeds[replica]})"
+  state = state.for_evaluation()  # the EMA of the weights where the run kept one
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   return Denoiser(ModuleApply(model), variables, image_shape=(height, width, channels),
                   batch_size=batch_size, max_side=max_side, overlap=overlap,

@@ -28,6 +28,7 @@ STEP_FIELDS = (
     "seed",
     "train.batch_size",
     "train.num_seeds",
+    "train.ema_decay",
     "data.name",
     "data.variant",
     "data.resize",

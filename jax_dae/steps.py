@@ -89,6 +89,26 @@ class TrainState(train_state.TrainState):
     """``{"params": ..., "batch_stats": ...}``, what ``apply_fn`` takes."""
     return {"params": self.params, "batch_stats": _or_empty(self.batch_stats)}
 
+  def for_evaluation(self) -> TrainState:
+    """The state evaluation and inference use (``EMATrainState``: the weights' average)."""
+    return self
+
+
+class EMATrainState(TrainState):
+  """A ``TrainState`` that also keeps an exponential moving average of the parameters.
+
+  ``init_state(..., ema=True)`` makes one; ``make_train_step(...,
+  ema_decay=...)`` updates ``ema_params`` every step; evaluation and
+  inference use them (``for_evaluation``). A separate class, so that the
+  checkpoints of states without an average keep their tree.
+  """
+
+  ema_params: Any = None
+
+  def for_evaluation(self) -> EMATrainState:
+    """This state with ``params`` replaced by their average."""
+    return self.replace(params=self.ema_params)
+
 
 def _or_empty(tree):
   return {} if tree is None else tree
@@ -205,7 +225,7 @@ def from_nnx(module: nnx.Module, *, train_kwarg: str | None = "train") -> NNXMod
 
 
 def init_state(model: nn.Module | nnx.Module | NNXModel, tx: optax.GradientTransformation,
-               image_shape: tuple[int, ...], key: jax.Array, *,
+               image_shape: tuple[int, ...], key: jax.Array, *, ema: bool = False,
                train_kwarg: str | None = "train",
                rng_streams: Sequence[str] = DEFAULT_RNG_STREAMS) -> TrainState:
   """Initialises parameters, BatchNorm statistics and optimizer state.
@@ -218,6 +238,8 @@ def init_state(model: nn.Module | nnx.Module | NNXModel, tx: optax.GradientTrans
     image_shape: ``(H, W, C)`` of one image.
     key: the ``"params"`` key; the other streams get keys folded from it
       (the parameters depend on ``key`` alone).
+    ema: also keep an exponential moving average of the parameters
+      (``ema_params``, starting at the initial parameters).
     train_kwarg: the model's train flag, passed as ``False`` (``None``: none).
     rng_streams: other PRNG streams the model may ask for at init.
 
@@ -229,11 +251,13 @@ def init_state(model: nn.Module | nnx.Module | NNXModel, tx: optax.GradientTrans
   rngs = {"params": key, **{s: jax.random.fold_in(key, _stream_id(s)) for s in rng_streams}}
   kwargs = {train_kwarg: False} if train_kwarg else {}
   variables = model.init(rngs, jnp.zeros((1, *image_shape), jnp.float32), **kwargs)
-  return TrainState.create(
+  extra = {"ema_params": jax.tree.map(jnp.copy, variables["params"])} if ema else {}
+  return (EMATrainState if ema else TrainState).create(
       apply_fn=model.apply,
       params=variables["params"],
       batch_stats=variables.get("batch_stats", {}),
       tx=tx,
+      **extra,
   )
 
 
@@ -497,7 +521,8 @@ def loss_and_grad(compute_loss: Callable, state, noisy: jax.Array, clean: jax.Ar
 
 
 def make_train_step(*, loss_fn: losses.Loss, corrupt: corruptions.BatchCorruption,
-                    axis_name: AxisName | None = None, train_kwarg: str | None = "train",
+                    axis_name: AxisName | None = None, ema_decay: float = 0.0,
+                    train_kwarg: str | None = "train",
                     rng_streams: Sequence[str] = DEFAULT_RNG_STREAMS,
                     mutable: Sequence[str] = DEFAULT_MUTABLE,
                     aux_weights: Mapping[str, float] | None = None) -> Callable:
@@ -509,6 +534,10 @@ def make_train_step(*, loss_fn: losses.Loss, corrupt: corruptions.BatchCorruptio
     axis_name: the data axis under ``shard_map`` or ``pmap`` (build the
       model with ``bn_axis_name`` too); ``None`` under ``jit`` with
       shardings, where XLA inserts the reductions. See the module docstring.
+    ema_decay: where the state keeps ``ema_params``, each step moves them
+      toward the new parameters by ``1 - d``, with ``d = min(ema_decay,
+      (1 + t) / (10 + t))`` at step ``t`` (a short warm-up, so that the
+      average leaves the initial weights behind within the first epoch).
     train_kwarg, mutable, aux_weights: as for ``make_loss_fn``.
     rng_streams: the model's named PRNG streams (``model_rngs``).
 
@@ -534,6 +563,9 @@ def make_train_step(*, loss_fn: losses.Loss, corrupt: corruptions.BatchCorruptio
     (_, aux), grads = loss_and_grad(compute_loss, state, noisy, clean, rngs, axis_name=axis_name)
     batch_stats = aux["batch_stats"]
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if isinstance(state, EMATrainState):
+      state = state.replace(ema_params=update_ema(state.ema_params, state.params, state.step,
+                                                  ema_decay))
     return state, aux["metrics"]
 
   return train_step
@@ -572,6 +604,13 @@ def make_batch_statistics(*, corrupt: corruptions.BatchCorruption,
     return jax.tree.map(lambda z, o: z / (1.0 - (o - z)), from_zero, from_one)
 
   return batch_statistics
+
+
+def update_ema(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
+  """``ema`` moved toward ``params`` after ``step`` updates (see ``make_train_step``)."""
+  step = jnp.asarray(step, jnp.float32)
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
 
 
 def _resolve(state_or_variables, apply_fn: Callable | None, where: str):
@@ -640,8 +679,9 @@ def make_eval_step(*, corrupt: corruptions.BatchCorruption, apply_fn: Callable |
 
 
 __all__ = [
-    "DEFAULT_MUTABLE", "DEFAULT_RNG_STREAMS", "NNXModel", "TrainState", "example_index",
+    "DEFAULT_MUTABLE", "DEFAULT_RNG_STREAMS", "EMATrainState", "NNXModel", "TrainState",
+    "example_index",
     "from_nnx", "init_state", "loss_and_grad", "make_batch_statistics", "make_eval_step",
-    "make_loss_fn",
+    "make_loss_fn", "update_ema",
     "make_reconstruct", "make_train_step", "model_rngs", "reduce_gradients", "to_float",
 ]

@@ -191,7 +191,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path) -> Run:
                                  max_to_keep=config.train.max_checkpoints, best_metric="psnr")
   with clock("init"):
     init = replicas.map(functools.partial(steps.init_state, model, optimizers.create(config),
-                                          image_shape))
+                                          image_shape, ema=config.train.ema_decay > 0))
     state = jax.jit(init, out_shardings=replicated)(init_key)
     state = ckpt.restore_latest(state)
   # Recorded once the checkpoint fits: a refused rerun leaves the run's config as it was.
@@ -213,7 +213,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     logging.info("%d replicas in one program: seeds %s.", replicas.num,
                  ", ".join(map(str, replicas.seeds)))
 
-  train_step = steps.make_train_step(loss_fn=losses.create(config.loss), corrupt=corrupt)
+  train_step = steps.make_train_step(loss_fn=losses.create(config.loss), corrupt=corrupt,
+                                     ema_decay=config.train.ema_decay)
   placement = pipeline.resolve_placement(config.data.placement, splits["train"].nbytes,
                                          fraction=config.data.device_memory_fraction)
   if replicas.stacked and placement != "device":
@@ -423,8 +424,9 @@ def _end_epoch(run: Run, state, epoch: int, epoch_loss: np.ndarray) -> Any:
   """Ends an epoch: BatchNorm statistics, validation (and test), checkpoint, sample faces.
 
   Recomputes the BatchNorm statistics first if ``config.train.bn_stats`` asks
-  (returning the state that holds them), and evaluates the test split too
-  after the epochs in ``config.train.test_epochs``.
+  (for the weights evaluation uses; returning the state that holds them),
+  evaluates the EMA of the weights where one is kept (``config.train.ema_decay``),
+  and evaluates the test split too after the epochs in ``config.train.test_epochs``.
 
   ``epoch_loss`` is ``[N]``, per replica. The checkpoint is ranked by the
   replicas' mean validation PSNR; the sample grid shows the replica with the
@@ -433,13 +435,14 @@ def _end_epoch(run: Run, state, epoch: int, epoch_loss: np.ndarray) -> Any:
   config, clock, step, replicas = run.config, run.clock, replicas_lib.step_of(state), run.replicas
   if run.recompute is not None:
     with clock("validation"):
-      state = run.recompute(state)
+      state = state.replace(batch_stats=run.recompute(state.for_evaluation()))
+  evaluated = state.for_evaluation()  # the EMA of the weights where one is kept
   with clock("validation"):
-    val = _per_replica(run.evaluators["val"](state), replicas)
+    val = _per_replica(run.evaluators["val"](evaluated), replicas)
   scalars = _replica_scalars("val", val, replicas)
   if epoch + 1 in config.train.test_epochs:
     with clock("test"):
-      test = _per_replica(run.evaluators["test"](state), replicas)
+      test = _per_replica(run.evaluators["test"](evaluated), replicas)
     scalars |= _replica_scalars("test", test, replicas)
   scalars |= _replica_scalars("train", {"epoch_loss": epoch_loss}, replicas)
   run.writer.write_scalars(step, scalars | {"epoch": epoch + 1})
@@ -452,7 +455,7 @@ def _end_epoch(run: Run, state, epoch: int, epoch_loss: np.ndarray) -> Any:
   with clock("checkpoint"):
     run.ckpt.save(step, state, metrics=mean)
   with clock("samples"):
-    noisy, recon, clean = run.samples(state, "val", int(np.argmax(val["psnr"])))
+    noisy, recon, clean = run.samples(evaluated, "val", int(np.argmax(val["psnr"])))
     if distributed.is_main_process():
       run.pictures.submit(plots.save_sample_grid,
                           run.workdir / "samples" / f"epoch_{epoch + 1:03d}.png", noisy, recon,
@@ -485,7 +488,7 @@ def test_and_report(run: Run, state, start_time: float) -> dict:
   run.feed.close()
   with clock("test"):
     t = time.time()
-    final = {name: _per_replica(evaluate(state), replicas)
+    final = {name: _per_replica(evaluate(state.for_evaluation()), replicas)
              for name, evaluate in run.evaluators.items() if name.startswith("test")}
     eval_s = time.time() - t
   # The best checkpoint is often the final state: then its metrics are the same.
@@ -494,7 +497,8 @@ def test_and_report(run: Run, state, start_time: float) -> dict:
     best_state = state if final_is_best else ckpt.restore_best(state)
   with clock("test"):
     best = final if final_is_best else {
-        name: _per_replica(run.evaluators[name](best_state), replicas) for name in final}
+        name: _per_replica(run.evaluators[name](best_state.for_evaluation()), replicas)
+        for name in final}
   best_step = replicas_lib.step_of(best_state)
   rows = writers.read_jsonl(run.workdir / "metrics.jsonl", missing_ok=True)
   best_replica = replicas_lib.best_replica(rows, best_step, replicas.num)
@@ -519,7 +523,7 @@ def test_and_report(run: Run, state, start_time: float) -> dict:
   # The first test faces, as corrupted for the evaluation, through the final model.
   main_process = distributed.is_main_process()
   with clock("samples"):
-    noisy, recon, faces = run.samples(state, "test", best_replica)
+    noisy, recon, faces = run.samples(state.for_evaluation(), "test", best_replica)
     if main_process and len(faces):
       run.pictures.submit(plots.save_sample_grid, run.workdir / "samples" / "test.png", noisy,
                           recon, faces / 255.0)

@@ -166,6 +166,12 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
   if cfg.get("seeds_form", "vmap") not in ("vmap", "unrolled"):
     raise ValueError(f"config.train.seeds_form={cfg.seeds_form!r} is unknown; allowed: 'vmap', "
                      "'unrolled'.")
+  ema = cfg.get("ema_decay", 0.0)
+  if isinstance(ema, bool) or not isinstance(ema, numbers.Real) or not 0 <= ema < 1:
+    raise ValueError(f"config.train.ema_decay={ema!r} must be in [0, 1) (0: no average).")
+  if ema and cfg.get("bn_stats", "running") == "running":
+    raise ValueError("config.train.ema_decay needs config.train.bn_stats='recomputed': running "
+                     "BatchNorm statistics belong to the trained weights, not to their average.")
   if "num_seeds" in cfg:
     _check_int("config.train.num_seeds", cfg.num_seeds, 1, " (replicas trained together)")
   _check_int("config.train.patience", cfg.patience, 0, " (0 = no early stopping)")

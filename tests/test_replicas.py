@@ -44,6 +44,7 @@ def _config(shared_data, tmp_path, seed, num_seeds):
   config.train.num_samples = 4
   config.train.bn_stats = "recomputed"
   config.train.bn_stats_images = 16
+  config.train.ema_decay = 0.9
   config.mesh.num_devices = 1
   config.seed, config.train.num_seeds = seed, num_seeds
   return config
@@ -53,7 +54,8 @@ def _state(config, workdir, num_seeds=1):
   """The newest checkpoint of a run, on the host."""
   reps = replicas.Replicas(config.seed, num_seeds)
   template = jax.eval_shape(reps.map(lambda k: steps.init_state(
-      models.from_config(config), optimizers.create(config), (32, 32, 3), k)), reps.keys()[0])
+      models.from_config(config), optimizers.create(config), (32, 32, 3), k,
+      ema=config.train.ema_decay > 0)), reps.keys()[0])
   with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
     return jax.device_get(ckpt.restore_latest(template))
 
@@ -85,8 +87,10 @@ def test_two_replicas_train_as_the_two_separate_runs_of_their_seeds(runs):
     one_config, one_workdir, one_results = runs[name]
     one = _state(one_config, one_workdir)
     mine = jax.tree.map(lambda x, k=k: x[k], two)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path((one.params, one.opt_state)),
-                            jax.tree.leaves((mine.params, mine.opt_state)), strict=True):
+    assert isinstance(one, steps.EMATrainState)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path((one.params, one.ema_params, one.opt_state)),
+        jax.tree.leaves((mine.params, mine.ema_params, mine.opt_state)), strict=True):
       if _before_batchnorm(path):
         # No effect on the output, and a zero gradient in exact arithmetic:
         # Adam scales the rounding noise of that zero up to steps of ~lr, so
@@ -101,8 +105,9 @@ def test_two_replicas_train_as_the_two_separate_runs_of_their_seeds(runs):
         np.testing.assert_allclose(b, a, rtol=1e-4)
     model = models.from_config(config)
     images = np.random.default_rng(k).uniform(size=(4, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(model.apply(mine.variables, images),
-                               model.apply(one.variables, images), atol=1e-5)
+    # The model evaluation uses: the weights' average with the statistics recomputed for it.
+    np.testing.assert_allclose(model.apply(mine.for_evaluation().variables, images),
+                               model.apply(one.for_evaluation().variables, images), atol=1e-5)
     replica = results["replicas"][k]
     assert replica["seed"] == SEED + k
     for part in ("test", "test_input", "test_at_best_val"):
@@ -134,15 +139,15 @@ def test_replica_metrics_curves_and_the_best_replica_for_inference(runs):
   best = int(np.argmax([at_best["val/psnr/r0"], at_best["val/psnr/r1"]]))
   assert results["best_replica"] == best
   # inference.load: the best replica by default, or the one asked for; each
-  # is that replica's model (the separate run of its seed).
+  # is that replica's model (the separate run of its seed), with the average
+  # of its weights (config.train.ema_decay) and their recomputed statistics.
   two = _state(config, workdir, num_seeds=2)
   images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
   for k in (0, 1):
     loaded = inference.load(workdir, checkpoint="latest", replica=k)
     assert f"seed {SEED + k}" in loaded.name
-    expected = models.from_config(config).apply(
-        {"params": jax.tree.map(lambda x: x[k], two.params),
-         "batch_stats": jax.tree.map(lambda x: x[k], two.batch_stats)}, images)
+    mine = replicas.Replicas(SEED, 2).take(two, k)
+    expected = models.from_config(config).apply(mine.for_evaluation().variables, images)
     np.testing.assert_allclose(loaded.denoise(images), np.clip(expected, 0, 1), atol=1e-5)
   assert f"replica {best} " in inference.load(workdir).name
   with pytest.raises(ValueError, match=r"replica=2: .* has 2 replica\(s\)"):
@@ -158,6 +163,7 @@ def _flags(shared_data, workdir):
       "--config.data.split.train=64", "--config.data.split.val=8", "--config.data.split.test=8",
       "--config.train.num_epochs=2", "--config.train.seconds_per_call=0.3",
       "--config.train.num_seeds=2", "--config.train.eval_batch_size=8",
+      "--config.train.bn_stats=recomputed", "--config.train.ema_decay=0.9",
       "--config.train.num_samples=2", "--config.mesh.num_devices=1",
   ]
 
@@ -174,6 +180,7 @@ def test_two_replicas_resume_after_sigint_as_if_uninterrupted(shared_data, tmp_p
   assert resumed_from(finished.stderr) == saved
   config = lfw_cae.get_config("runlocal")
   config.model.name = "TinyCAE"
+  config.train.ema_decay = 0.9
   a, b = (_state(config, tmp_path / d, num_seeds=2) for d in ("straight", "stopped"))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(x, y)
@@ -236,7 +243,7 @@ def test_recomputed_batch_statistics_are_the_population_statistics_of_the_layer_
   key = jax.random.key(7)
   recompute = evaluation.make_recompute_batch_stats(
       steps.make_batch_statistics(corrupt=corrupt), batch_size=4)
-  new = recompute(jax.tree.map(jnp.copy, state), images, key)
+  new = state.replace(batch_stats=recompute(state, images, key))
 
   # The reference: each BatchNorm's inputs, captured per group of 4 images in
   # train mode, pooled in float64.
@@ -261,3 +268,23 @@ def test_recomputed_batch_statistics_are_the_population_statistics_of_the_layer_
   for a, b in zip(jax.tree.leaves((state.params, state.opt_state, state.step)),
                   jax.tree.leaves((new.params, new.opt_state, new.step)), strict=True):
     np.testing.assert_array_equal(a, b)  # only the statistics change
+
+
+def test_unrolled_replicas_compute_what_vmapped_replicas_compute():
+  model = models.create("TinyCAE")
+  images = np.random.default_rng(0).uniform(size=(2, 8, 16, 16, 3)).astype(np.float32)
+
+  def grads(key, x):
+    variables = model.init(key, x[:1])
+    return jax.grad(lambda p: jnp.mean(model.apply(
+        {"params": p, "batch_stats": variables["batch_stats"]}, x, train=True,
+        mutable=["batch_stats"])[0] ** 2))(variables["params"])
+
+  keys = jax.random.split(jax.random.key(0), 2)
+  vmapped, unrolled = (jax.jit(replicas.Replicas(0, 2, form).map(grads))(keys, images)
+                       for form in ("vmap", "unrolled"))
+  for a, b in zip(jax.tree.leaves(vmapped), jax.tree.leaves(unrolled), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="seeds_form='loop' is unknown"):
+    replicas.Replicas(0, 2, "loop")
+

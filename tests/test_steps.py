@@ -287,3 +287,24 @@ def test_seed_model_steps_trace_on_explicit_mesh_axes(tiny):
   out = jax.eval_shape(jax_dae.make_eval_step(corrupt=corrupt), state, images, keys)
   assert {v.shape for v in out.values()} == {(SHAPE[0],)}
   assert {v.sharding.spec[0] for v in out.values()} == {"data"}
+
+
+def test_the_weight_average_follows_its_recurrence_and_is_what_evaluation_uses():
+  model = LinenDropout()
+  tx = optax.adam(1e-2)
+  state = steps.init_state(model, tx, SHAPE[1:], jax.random.key(0), ema=True)
+  plain = steps.init_state(model, tx, SHAPE[1:], jax.random.key(0))
+  assert not hasattr(plain, "ema_params") and plain.for_evaluation() is plain
+  step = jax.jit(steps.make_train_step(loss_fn=losses.create("mse"),
+                                       corrupt=_identity, ema_decay=0.9))
+  expected = jax.tree.map(np.asarray, state.params)
+  for t in range(12):
+    state, _ = step(state, _images(t), jax.random.key(t))
+    d = min(0.9, (1 + t + 1) / (10 + t + 1))  # the decay after update t + 1
+    expected = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * np.asarray(p), expected,
+                            state.params)
+  for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(jax.tree.leaves(state.ema_params)[0], jax.tree.leaves(state.params)[0])
+  evaluated = state.for_evaluation()
+  assert evaluated.params is state.ema_params and evaluated.opt_state is state.opt_state
