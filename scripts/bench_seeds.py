@@ -100,8 +100,7 @@ def main() -> None:
             f"total ({row['total_over_one_seed']:.2f}x one seed's)", flush=True)
   report = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "rows": rows}
   print(json.dumps(report, indent=2))
-  if args.out:
-    Path(args.out).write_text(json.dumps(report, indent=2))
+  benchmark.write_json(args.out or None, report)
 
 
 if __name__ == "__main__":
