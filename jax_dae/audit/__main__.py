@@ -38,8 +38,8 @@ flags.DEFINE_string("cache_dir", None, "Preprocessed-split cache (default: the r
 flags.DEFINE_integer("gallery_size", 0, "Gallery entries, one photo per person: the probe "
                      "people's mates plus distractors (0: every LFW person).")
 flags.DEFINE_integer("max_probes", 0, "Use a seeded subset of at most this many probes (0: all).")
-flags.DEFINE_enum("align", "resize", list(embedders.ALIGNS), "How crops become dlib's 150x150 "
-                  "input: resize the crop, or 5-point landmark alignment.")
+flags.DEFINE_enum("align", "landmarks", list(embedders.ALIGNS), "How crops become dlib's "
+                  "150x150 input: 5-point landmark alignment, or a resize of the crop.")
 flags.DEFINE_float("far", 1e-3, "False-accept rate of TAR@FAR.")
 flags.DEFINE_float("threshold", 0.6, "Also report accept rates at this distance (dlib's 0.6); "
                    "negative: none.")
@@ -65,7 +65,7 @@ usage: python -m jax_dae.audit --workdir=RUN [--workdir=RUN2 ...] [flags]
   --sweep           also score ladders of blur sigma and pixelation block (sweep.png).
   --gallery_size=N  gallery entries (default 0: one photo of every LFW person).
   --max_probes=N    a seeded subset of the probes (default 0: all).
-  --align           resize (default) or landmarks: how crops become dlib's input.
+  --align           landmarks (default) or resize: how crops become dlib's input.
   --verbose         on an error, also print its full traceback.
   --helpfull        every flag (FAR, bootstrap, seed, workers, logging).
 

@@ -256,6 +256,56 @@ def _percentile_ci(values: np.ndarray) -> list[float]:
   return [float(lo), float(hi)]
 
 
+def resampled(genuine: np.ndarray, impostor: np.ndarray, weights: np.ndarray, *, far: float,
+              threshold: float | None = None, ks: Sequence[int] = (1, 5)) -> dict[str, np.ndarray]:
+  """The metrics of weighted probe sets: row b counts probe i ``weights[b, i]`` times.
+
+  A bootstrap resample is the weights of its counts; the result equals the
+  metrics of the probes listed that many times (tests/test_audit.py checks it).
+
+  Args:
+    genuine: ``[P]`` genuine distances.
+    impostor: ``[P, G - 1]`` impostor distances.
+    weights: ``[B, P]`` non-negative counts.
+    far, threshold, ks: as in ``score``.
+
+  Returns:
+    ``{metric: [B] values}``.
+  """
+  num, per = impostor.shape
+  weights = np.asarray(weights, np.float64)
+  totals = weights.sum(1)
+  rank = ranks(genuine, impostor)
+  samples: dict[str, np.ndarray] = {}
+  for k in ks:
+    samples[f"rank{k}"] = weights @ (rank <= k) / totals
+  m = _weighted_auc_matrix(genuine, impostor).astype(np.float64)
+  samples["auc"] = ((weights @ m) * weights).sum(1) / (totals * totals * per)
+  # TAR@FAR: only the closest impostor pairs can set the threshold; keep a
+  # generous margin of them and fall back to all pairs when a resample needs more.
+  flat = impostor.ravel()
+  owner = np.repeat(np.arange(num), per)
+  keep = min(len(flat), int(far * len(flat) * 8) + 4096)
+  nearest = np.argpartition(flat, keep - 1)[:keep] if keep < len(flat) else np.arange(len(flat))
+  nearest = nearest[np.argsort(flat[nearest], kind="stable")]
+  near_d, near_owner = flat[nearest], owner[nearest]
+  full_order = None
+  tars = np.empty(len(weights))
+  for b, w in enumerate(weights):
+    total = w.sum() * per
+    t = _threshold(near_d, w[near_owner], total, far)
+    if math.isinf(t) and keep < len(flat):
+      if full_order is None:
+        full_order = np.argsort(flat, kind="stable")
+      t = _threshold(flat[full_order], w[owner[full_order]], total, far)
+    tars[b] = w @ (genuine < t) / w.sum()
+  samples["tar_at_far"] = tars
+  if threshold is not None:
+    samples["tar_at_threshold"] = weights @ (genuine < threshold) / totals
+    samples["far_at_threshold"] = weights @ (impostor < threshold).mean(1) / totals
+  return samples
+
+
 def score(probe_embeddings: np.ndarray, gallery_embeddings: np.ndarray, mates: np.ndarray, *,
           far: float = 1e-3, threshold: float | None = None, bootstrap: int = 1000,
           seed: int = 0, ks: Sequence[int] = (1, 5)) -> dict:
@@ -294,37 +344,11 @@ def score(probe_embeddings: np.ndarray, gallery_embeddings: np.ndarray, mates: n
   if not bootstrap:
     return out
 
-  num, per = impostor.shape
+  num = len(genuine)
   rng = np.random.default_rng(seed)
   weights = np.stack([np.bincount(rng.integers(0, num, num), minlength=num)
                       for _ in range(bootstrap)]).astype(np.float64)  # [B, P]
-  samples: dict[str, np.ndarray] = {}
-  for k in ks:
-    samples[f"rank{k}"] = weights @ hits[k] / num
-  m = _weighted_auc_matrix(genuine, impostor).astype(np.float64)
-  samples["auc"] = ((weights @ m) * weights).sum(1) / (num * num * per)
-  # TAR@FAR: only the closest impostor pairs can set the threshold; keep a
-  # generous margin of them and fall back to all pairs when a resample needs more.
-  flat = impostor.ravel()
-  owner = np.repeat(np.arange(num), per)
-  keep = min(len(flat), int(far * len(flat) * 8) + 4096)
-  nearest = np.argpartition(flat, keep - 1)[:keep] if keep < len(flat) else np.arange(len(flat))
-  nearest = nearest[np.argsort(flat[nearest], kind="stable")]
-  near_d, near_owner = flat[nearest], owner[nearest]
-  full_order = None
-  tars = np.empty(bootstrap)
-  for b, w in enumerate(weights):
-    total = w.sum() * per
-    t = _threshold(near_d, w[near_owner], total, far)
-    if math.isinf(t) and keep < len(flat):
-      if full_order is None:
-        full_order = np.argsort(flat, kind="stable")
-      t = _threshold(flat[full_order], w[owner[full_order]], total, far)
-    tars[b] = w @ (genuine < t) / w.sum()
-  samples["tar_at_far"] = tars
-  if threshold is not None:
-    samples["tar_at_threshold"] = weights @ (genuine < threshold) / num
-    samples["far_at_threshold"] = weights @ (impostor < threshold).mean(1) / num
+  samples = resampled(genuine, impostor, weights, far=far, threshold=threshold, ks=ks)
   for key, s in samples.items():
     out[key]["ci"] = _percentile_ci(s)
   out["bootstrap"] = bootstrap

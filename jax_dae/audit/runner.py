@@ -58,7 +58,7 @@ def _labels(workdirs: Sequence[Path]) -> list[str]:
 def run(workdirs: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike,
         corrupt: Sequence[str] = (), checkpoint: str = "best", replica: int | None = None,
         data_dir: str | None = None, cache_dir: str | None = None, gallery_size: int = 0,
-        max_probes: int = 0, align: str = "resize", far: float = 1e-3,
+        max_probes: int = 0, align: str = "landmarks", far: float = 1e-3,
         threshold: float | None = 0.6, bootstrap: int = 1000, seed: int = 0,
         sweep: bool = False, workers: int = 0, batch_size: int = 64, examples: int = 6,
         embedder: embedders_lib.IdentityEmbedder | None = None,
@@ -91,6 +91,7 @@ def run(workdirs: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike,
     ValueError, FileNotFoundError: bad runs, flags or data.
   """
   start = time.perf_counter()
+  load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
   if not workdirs:
     raise ValueError("give at least one --workdir.")
   if embedder is None:
@@ -158,6 +159,10 @@ def run(workdirs: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike,
   report["timings"] = {k: round(v, 1) for k, v in timings.items()}
   report["seconds"] = round(time.perf_counter() - start, 1)
   report["machine"] = f"{platform.machine()} with {os.cpu_count()} CPU cores"
+  if load_before is not None:
+    # Timings on a shared machine mean little without its load (1-minute average).
+    report["machine"] += (f" (load average {load_before:.1f} at the start, "
+                          f"{os.getloadavg()[0]:.1f} at the end)")
   report_lib.write(report, out_dir)
   return report
 
