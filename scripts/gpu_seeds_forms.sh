@@ -22,7 +22,7 @@ bench() {  # bench NAME ROWS SEEDS SECONDS: stopped after SECONDS (then no JSON)
     --windows=3 --steps=100 --out "$OUT/$1.json" 2>&1 | grep -E "img/s|compiled" \
     | tee -a "$OUT/log.txt" || echo "$1: stopped after $4 s" | tee -a "$OUT/log.txt"
 }
-bench bench_b8 CAE:mse:8:float32 1,4 240
+bench bench_b8 CAE:mse:8:float32 1,4 150
 FORM=$(python3 -c "
 import json; rows = json.load(open('$OUT/bench_b8.json'))['rows']
 rate = {r['form']: r['img_per_s_total'] for r in rows if r['num_seeds'] == 4}
