@@ -111,14 +111,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from configs import default as default_config  # noqa: E402
 from jax_dae import corruptions, evaluation, loops, losses, models, optimizers, writers  # noqa: E402
 from jax_dae import steps as step_api  # noqa: E402  (`steps` is a count here)
-from jax_dae.models import vgg  # noqa: E402
+from jax_dae.models import layers, vgg  # noqa: E402
 
 CORRUPTION = "gaussian_blur(kernel=9,sigma=4)"
 PRECISIONS = ("float32", "bfloat16")
 LOSSES = ("mse", "perceptual")
 # CAE attributes that choose how a layer is computed (same function, same parameters).
 LAYER_FORMS = ("upsample", "full_res_conv", "downsample")
-TORCH_MODES = ("eager", "compile", "reduce-overhead")
+# PyTorch variants (``torch_reference.VARIANTS``); each row keeps the fastest.
+TORCH_MODES = ("eager", "compile", "reduce-overhead", "max-autotune-no-cudagraphs", "graph",
+               "graph-compile", "graph-max-autotune", "legacy-reduce-overhead")
 # Perceptual loss of seed 000: VGG16 relu3_3 after x2 bilinear upsampling.
 PERCEPTUAL_LAYER = "relu3_3"
 PERCEPTUAL_UPSAMPLE = 2
@@ -526,12 +528,13 @@ def run_torch_mode(torch, tr, mode, model_name, loss_name, batch, precision, ima
   model = torch_model_for(tr, flax_model, device)
   loss, weights_source = torch_loss_for(tr, loss_name, device)
   blur = tr.GaussianBlur(9, 4.0, 3).to(device)
-  step, _ = tr.make_train_step(model, loss, blur, images, batch, mode=mode,
-                               bf16=precision == "bfloat16")
   steps = steps_per_window(args, batch)
-  # The first steps compile (and, for CUDA graphs, warm up and record); cuDNN autotunes
+  # Building the step of a whole-step CUDA graph warms up (compiles, autotunes) and records;
+  # otherwise the first steps compile (and, for reduce-overhead, record); cuDNN autotunes
   # in the first step of each shape, so a short second warm-up suffices.
   t = time.perf_counter()
+  step, _ = tr.make_train_step(model, loss, blur, images, batch, mode=mode,
+                               bf16=precision == "bfloat16")
   for _ in range(3):
     value = step()
   sync()
@@ -551,7 +554,8 @@ def run_torch_mode(torch, tr, mode, model_name, loss_name, batch, precision, ima
     raise FloatingPointError(f"torch {mode} loss became {last_loss}.")
   result = {"first_steps_s": compile_s, "window_s": times, "steps_per_window": steps,
             "images_per_s": steps * batch / statistics.median(times), "last_loss": last_loss,
-            "optimizer": "fused Adam" if step.optimizer.defaults.get("fused") else "foreach Adam"}
+            "optimizer": ("fused" if step.optimizer.defaults.get("fused") else "foreach")
+            + (" capturable" if step.optimizer.defaults.get("capturable") else "") + " Adam"}
   if mode != "eager":
     # A graph break or a skipped CUDA graph would make the mode measure something else.
     result["dynamo"] = {"unique_graphs": counters["stats"].get("unique_graphs", 0),
@@ -886,7 +890,10 @@ def parse_model_set(text: str) -> dict[str, str]:
 def model_forms(model_set: dict[str, str]) -> dict[str, str]:
   """The CAE's layer-form attributes in effect: the library's defaults, then ``model_set``."""
   forms = {name: str(getattr(models.CAE, name)) for name in LAYER_FORMS}
-  return {**forms, **model_set}
+  forms = {**forms, **model_set}
+  # "auto" stands for the form chosen for this backend (models/layers.py AUTO_FORMS).
+  return {k: f"auto ({layers.auto_form(k)})" if k in LAYER_FORMS and v == "auto" else v
+          for k, v in forms.items()}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -1084,7 +1091,7 @@ def main(argv=None) -> int:
     write_outputs(args, report)
 
     for mode in modes:
-      if mode == "reduce-overhead" and torch_device != "cuda":
+      if mode in tr.CUDA_ONLY and torch_device != "cuda":
         row["torch"][mode] = {"status": "n/a (CUDA only)"}
         continue
       if args.deadline_s and time.perf_counter() - _T0 > args.deadline_s:

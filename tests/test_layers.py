@@ -73,16 +73,24 @@ _CONV_CASES = {
                    nn.Conv(3, (9, 9), padding="SAME"), 1, 4, (2, 12, 10, 6)),
     "same3_odd_size": (lambda impl: SameConv(4, kernel_size=3, impl=impl),
                        nn.Conv(4, (3, 3), padding="SAME"), 1, 1, (1, 7, 9, 2)),
+    # More than 512 patch columns: the "matmul" form sums row-shifted matmul outputs, at
+    # half resolution (even size) or at full resolution (odd size).
+    "same9_8to3": (lambda impl: SameConv(3, kernel_size=9, impl=impl),
+                   nn.Conv(3, (9, 9), padding="SAME"), 1, 4, (2, 12, 10, 8)),
+    "same5_24to2_odd_size": (lambda impl: SameConv(2, kernel_size=5, impl=impl),
+                             nn.Conv(2, (5, 5), padding="SAME"), 1, 2, (1, 7, 9, 24)),
     "down_4to6": (lambda impl: DownConv2x(6, impl=impl),
                   nn.Conv(6, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1))), 2, 1,
                   (2, 8, 12, 4)),
 }
 
 
-@pytest.mark.parametrize("impl", ["xla", "space_to_depth"])
+@pytest.mark.parametrize("impl", ["xla", "space_to_depth", "matmul"])
 @pytest.mark.parametrize("case", sorted(_CONV_CASES))
 def test_conv_layers_equal_loop_definition_nn_conv_and_its_gradients(case, impl):
   make, flax_layer, stride, pad, shape = _CONV_CASES[case]
+  if impl == "matmul" and case.startswith("down"):
+    pytest.skip("DownConv2x's matmul form is its space_to_depth form")
   x = np.asarray(jax.random.normal(jax.random.key(1), shape), np.float64)
   layer = make(impl)
   variables = jax.jit(layer.init)(jax.random.key(0), jnp.asarray(x, jnp.float32))
@@ -141,8 +149,13 @@ def _random_variables(shapes, seed=0):
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
+_PLAIN_FORMS = {"upsample": "transpose", "full_res_conv": "xla", "downsample": "xla"}
+
+
 @pytest.mark.parametrize("choice", [{"upsample": "transpose"}, {"full_res_conv": "space_to_depth"},
-                                    {"downsample": "space_to_depth"}])
+                                    {"downsample": "space_to_depth"}, {"full_res_conv": "matmul"},
+                                    _PLAIN_FORMS, layers.AUTO_FORMS["cpu"],
+                                    layers.AUTO_FORMS["gpu"]])
 def test_cae_layer_choices_change_speed_not_results(choice):
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
   default = models.create("TinyCAE")
@@ -156,9 +169,28 @@ def test_cae_layer_choices_change_speed_not_results(choice):
   np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("attribute,allowed", [("upsample", "transpose, subpixel"),
-                                               ("full_res_conv", "xla, space_to_depth"),
-                                               ("downsample", "xla, space_to_depth")])
+def test_cae_forms_on_cpu_trace_no_convolution_at_the_default_sizes():
+  """On a CPU "auto" picks matmul forms throughout: XLA:CPU's convolutions are the slow part."""
+  assert layers.auto_form("full_res_conv", "cpu") == "matmul"
+  assert layers.auto_form("full_res_conv", "cuda") == layers.AUTO_FORMS["gpu"]["full_res_conv"]
+  x = jnp.zeros((1, 32, 32, 3))
+  for name in ("TinyCAE", "SmallCAE", "CAE"):
+    model = models.create(name)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+
+    def loss(v, model=model):
+      y, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(y)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(variables))
+    assert ("conv_general_dilated" in jaxpr) == (jax.default_backend() != "cpu"), name
+
+
+@pytest.mark.parametrize("attribute,allowed", [
+    ("upsample", "transpose, subpixel, auto"),
+    ("full_res_conv", "xla, space_to_depth, matmul, auto"),
+    ("downsample", "xla, space_to_depth, auto"),
+])
 def test_cae_rejects_unknown_layer_impl(attribute, allowed):
   x = jnp.zeros((1, 16, 16, 3))
   # Raised while the module is traced: eval_shape runs nothing.

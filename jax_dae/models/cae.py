@@ -61,18 +61,20 @@ class CAE(nn.Module):
     dtype: computation dtype (parameters stay float32).
     bn_axis_name: axis to average BatchNorm statistics over under
       ``pmap``/``shard_map``; ``None`` under ``jit`` with shardings.
-    upsample: how the transposed convolutions are computed, "transpose" or
-      "subpixel" (``layers.UpConv2x``): the same function and parameters,
-      different speed.
+    upsample: how the transposed convolutions are computed, "transpose",
+      "subpixel" or "auto" (``layers.UpConv2x``): the same function and
+      parameters, different speed.
     full_res_conv: how the 9x9 stem and output convolutions are computed,
-      "xla" or "space_to_depth" (``layers.SameConv``); same function and
+      "xla", "space_to_depth", "matmul" or "auto" (``layers.SameConv``); same
+      function and parameters.
+    downsample: how the stride-2 encoder convolutions are computed, "xla",
+      "space_to_depth" or "auto" (``layers.DownConv2x``); same function and
       parameters.
-    downsample: how the stride-2 encoder convolutions are computed, "xla" or
-      "space_to_depth" (``layers.DownConv2x``); same function and parameters.
   """
-  # Defaults: the forms measured fastest on an H100 (docs/benchmarks.md). The
-  # space-to-depth 9x9 convolutions took CAE mse b64 bf16 from 7,684 to 11,802
-  # img/s; the space-to-depth down-convolutions were slower in every row.
+  # Defaults: "auto", the forms measured fastest on the backend the model is traced
+  # for (``layers.AUTO_FORMS``, docs/benchmarks.md). On an H100 the space-to-depth 9x9
+  # convolutions took CAE mse b64 bf16 from 7,684 to 11,802 img/s and the space-to-depth
+  # down-convolutions were slower in every row; on a CPU every convolution as matmuls.
 
   encoder_features: Sequence[int] = (64, 64, 128, 256)
   decoder_features: Sequence[int] = (256, 128, 64)
@@ -81,9 +83,9 @@ class CAE(nn.Module):
   out_channels: int = 3
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
-  upsample: str = "subpixel"
-  full_res_conv: str = "space_to_depth"
-  downsample: str = "xla"
+  upsample: str = "auto"
+  full_res_conv: str = "auto"
+  downsample: str = "auto"
 
   def _norm(self, train: bool):
     return functools.partial(

@@ -10,12 +10,39 @@ import jax.numpy as jnp
 import numpy as np
 
 UPSAMPLE_IMPLS = ("transpose", "subpixel")
-CONV_IMPLS = ("xla", "space_to_depth")
+CONV_IMPLS = ("xla", "space_to_depth", "matmul")
+DOWNSAMPLE_IMPLS = ("xla", "space_to_depth")
+
+# The forms that "auto" picks, per backend (``jax.default_backend()`` when the layer is
+# traced); any other backend takes "gpu"'s. Measured: docs/benchmarks.md.
+# - GPU (H100): the 9x9 convolutions at half resolution through cuDNN, cuDNN's stride-2
+#   convolutions, the up-convolutions as one matmul.
+# - CPU: every convolution as matmuls. XLA:CPU computes most of the CAE's convolutions
+#   and their gradients with a generic loop (seconds per layer at batch 8 on 2 cores),
+#   while its matmuls run at about PyTorch's speed.
+AUTO_FORMS = {
+    "gpu": {"upsample": "subpixel", "full_res_conv": "space_to_depth", "downsample": "xla"},
+    "cpu": {"upsample": "subpixel", "full_res_conv": "matmul", "downsample": "space_to_depth"},
+}
+
+
+def auto_form(layer: str, backend: str | None = None) -> str:
+  """The form ``"auto"`` means for ``layer`` ("upsample", "full_res_conv" or "downsample").
+
+  Args:
+    layer: the CAE attribute that names the layer kind.
+    backend: a JAX backend name (default: ``jax.default_backend()``).
+
+  Returns:
+    The form chosen for that backend (``AUTO_FORMS``).
+  """
+  backend = backend or jax.default_backend()
+  return AUTO_FORMS.get(backend, AUTO_FORMS["gpu"])[layer]
 
 
 def _check_impl(impl: str, allowed: tuple[str, ...], what: str) -> None:
   if impl not in allowed:
-    raise ValueError(f"{what} impl {impl!r} is unknown; allowed: {', '.join(allowed)}.")
+    raise ValueError(f"{what} impl {impl!r} is unknown; allowed: {', '.join(allowed)}, auto.")
 
 
 class _ConvLayer(nn.Module):
@@ -75,16 +102,18 @@ class UpConv2x(_ConvLayer):
     up-convolution 7x faster than XLA's convolution of either form
     (``scripts/bench_layers.py``, docs/benchmarks.md).
 
-  ``impl`` is "transpose" or "subpixel"; see ``_ConvLayer`` for the rest.
+  ``impl`` is "transpose", "subpixel" or "auto" (``auto_form("upsample")`` for
+  the backend it is traced for); see ``_ConvLayer`` for the rest.
   """
 
   impl: str = "transpose"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    _check_impl(self.impl, UPSAMPLE_IMPLS, "upsample")
+    impl = auto_form("upsample") if self.impl == "auto" else self.impl
+    _check_impl(impl, UPSAMPLE_IMPLS, "upsample")
     x, kernel, bias = self._params(x, 4)
-    if self.impl == "transpose":
+    if impl == "transpose":
       y = jax.lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)),
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
       return y + bias
@@ -102,8 +131,12 @@ class SameConv(_ConvLayer):
   * ``"space_to_depth"``: ``space_to_depth_conv``, the same convolution on
     the 2x2 space-to-depth of the input with 4x the channels (for even height
     and width; odd sizes fall back to ``"xla"``).
+  * ``"matmul"``: ``matmul_conv``, shifted copies of the input and matmuls
+    (XLA:CPU runs these far faster than its convolutions).
+  * ``"auto"``: ``auto_form("full_res_conv")``, the fastest of these measured
+    on the backend the layer is traced for.
 
-  ``impl`` is "xla" or "space_to_depth"; see ``_ConvLayer`` for the rest.
+  See ``_ConvLayer`` for the rest.
 
   Attributes:
     kernel_size: the odd kernel side (keyword: it follows the shared fields).
@@ -113,9 +146,12 @@ class SameConv(_ConvLayer):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    _check_impl(self.impl, CONV_IMPLS, "conv")
+    impl = auto_form("full_res_conv") if self.impl == "auto" else self.impl
+    _check_impl(impl, CONV_IMPLS, "conv")
     x, kernel, bias = self._params(x, self.kernel_size)
-    if self.impl == "space_to_depth" and _even_size(x):
+    if impl == "matmul":
+      return matmul_conv(x, kernel) + bias
+    if impl == "space_to_depth" and _even_size(x):
       return space_to_depth_conv(x, kernel) + bias
     return _xla_conv(x, kernel, 1, "SAME") + bias
 
@@ -127,14 +163,16 @@ class DownConv2x(_ConvLayer):
   padding=((1, 1), (1, 1)))``, computed as ``lax.conv_general_dilated``
   (``"xla"``) or as ``space_to_depth_downconv`` (``"space_to_depth"``: four
   shifted copies of the padded input's space-to-depth and one matmul; even
-  height and width, else ``"xla"``). See ``_ConvLayer`` for the fields.
+  height and width, else ``"xla"``), or ``"auto"``: ``auto_form("downsample")``
+  for the backend it is traced for. See ``_ConvLayer`` for the fields.
   """
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    _check_impl(self.impl, CONV_IMPLS, "downsample")
+    impl = auto_form("downsample") if self.impl == "auto" else self.impl
+    _check_impl(impl, DOWNSAMPLE_IMPLS, "downsample")
     x, kernel, bias = self._params(x, 4)
-    if self.impl == "space_to_depth" and _even_size(x):
+    if impl == "space_to_depth" and _even_size(x):
       return space_to_depth_downconv(x, kernel) + bias
     return _xla_conv(x, kernel, 2, ((1, 1), (1, 1))) + bias
 
@@ -264,3 +302,57 @@ def space_to_depth_downconv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   "VALID" convolution there (``conv2x2_as_matmul``).
   """
   return conv2x2_as_matmul(space_to_depth(_pad1(x)), downconv_phase_kernel(kernel))
+
+
+def _pad_hw(x: jax.Array, r: int) -> jax.Array:
+  return jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)))
+
+
+def im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A stride-1 "SAME" ``k x k`` convolution (odd ``k``) as one matmul over patches.
+
+  The ``k * k`` shifted copies of the padded input side by side (tap
+  ``(a, b)`` at channels ``(a * k + b) * in ..``), times the kernel reshaped
+  to ``[k * k * in, out]``. Suits few input channels (the 9x9 stem: 243 columns).
+  """
+  k, _, cin, cout = kernel.shape
+  r, (_, h, w, _) = k // 2, x.shape
+  xp = _pad_hw(x, r)
+  cols = jnp.concatenate([xp[:, a:a + h, b:b + w] for a in range(k) for b in range(k)], axis=-1)
+  return cols @ kernel.reshape(k * k * cin, cout)
+
+
+def row_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A stride-1 "SAME" ``k x k`` convolution (odd square kernel) as one matmul and ``k`` sums.
+
+  The ``k`` horizontally shifted copies of the padded input side by side
+  (``[n, h + 2r, w, k * in]``) times the kernel arranged as
+  ``[(column tap, in), (row tap, out)]`` gives, for every padded row, its
+  contribution to each of the ``k`` output rows it reaches; the output sums
+  the ``k`` row-shifted slices. Suits many input and few output channels (the
+  9x9 output layer, 64 -> 3), where full patches would be ``k`` times larger.
+  """
+  k, _, cin, cout = kernel.shape
+  r, (n, h, w, _) = k // 2, x.shape
+  xp = _pad_hw(x, r)
+  cols = jnp.concatenate([xp[:, :, b:b + w] for b in range(k)], axis=-1)
+  rows = cols @ kernel.transpose(1, 2, 0, 3).reshape(k * cin, k * cout)
+  rows = rows.reshape(n, h + 2 * r, w, k, cout)
+  return sum(rows[:, a:a + h, :, a] for a in range(k))
+
+
+def matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``SameConv``'s "matmul" form: a stride-1 "SAME" convolution as matmuls.
+
+  Few input channels (``k * k * in <= 512``, the stem): ``im2col_conv``. Otherwise
+  ``row_matmul_conv``, on the 2x2 space-to-depth of the input with the coarse
+  kernel (``space_to_depth_kernel``) when height and width are even: on 2 CPU
+  cores this ran the output layer's forward and backward 1.2-1.4x faster than
+  at full resolution, and both some 40x faster than XLA's convolution.
+  """
+  k, _, cin, _ = kernel.shape
+  if k * k * cin <= 512:
+    return im2col_conv(x, kernel)
+  if _even_size(x):
+    return depth_to_space(row_matmul_conv(space_to_depth(x), space_to_depth_kernel(kernel)))
+  return row_matmul_conv(x, kernel)
