@@ -335,76 +335,207 @@ def load_hwio_vgg(vgg: VGG16Features, convs: Sequence[Mapping]) -> VGG16Features
 # The benchmarked step.
 # ---------------------------------------------------------------------------
 
+# How the step is run (``make_train_step(variant=...)``; ``scripts/benchmark.py --torch_modes``):
+# name -> (torch.compile mode of the forward and loss or None for eager, whole step captured
+# in one manual CUDA graph, optimizer step compiled in the forward's mode).
+VARIANTS: dict[str, tuple[str | None, bool, bool]] = {
+    "eager": (None, False, False),
+    "compile": ("default", False, True),
+    "reduce-overhead": ("reduce-overhead", False, True),
+    "max-autotune-no-cudagraphs": ("max-autotune-no-cudagraphs", False, True),
+    # Forward, backward and the fused capturable Adam step in one CUDA graph.
+    "graph": (None, True, False),
+    "graph-compile": ("default", True, False),
+    "graph-max-autotune": ("max-autotune-no-cudagraphs", True, False),
+    # The step as it was before issue 23 (images permuted inside the step, VGG in NCHW,
+    # eager fused Adam outside the compiled region), to measure what the changes gained.
+    "legacy-reduce-overhead": ("reduce-overhead", False, False),
+}
+CUDA_ONLY = frozenset(v for v, (mode, graph, _) in VARIANTS.items()
+                      if graph or mode == "reduce-overhead")
+
+
+def resident_images(images_nhwc: torch.Tensor) -> torch.Tensor:
+  """uint8 ``[N, H, W, C]`` images -> the ``[N, C, H, W]`` channels_last view the model reads.
+
+  No copy: channels_last NCHW is NHWC in memory. Indexing the batch dimension
+  (``images[idx]``) keeps the layout, so a gathered batch needs no permute.
+  """
+  return images_nhwc.permute(0, 3, 1, 2)
+
+
+def _make_optimizer(params, *, learning_rate: float, weight_decay: float, device: torch.device,
+                    capturable: bool, compiled: bool) -> torch.optim.Optimizer:
+  """Adam with coupled L2 (jax_dae's ``adam``), in the fastest form the step allows.
+
+  Fused (one multi-tensor kernel) where supported; ``capturable`` keeps its step
+  count on the device for CUDA graphs; a step that ``torch.compile`` traces uses
+  the foreach form, which Inductor fuses (it cannot trace into the fused kernel).
+  """
+  kwargs = dict(lr=learning_rate, weight_decay=weight_decay)
+  if compiled:
+    return torch.optim.Adam(params, foreach=True, capturable=device.type == "cuda", **kwargs)
+  try:
+    return torch.optim.Adam(params, fused=True, capturable=capturable, **kwargs)
+  except (RuntimeError, TypeError, ValueError):  # fused unsupported on this device/build
+    return torch.optim.Adam(params, foreach=True, capturable=capturable, **kwargs)
+
 
 def make_train_step(model: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    blur: nn.Module, images: torch.Tensor, batch_size: int, *, mode: str,
-                    bf16: bool, learning_rate: float = 5e-4,
-                    weight_decay: float = 1e-5) -> tuple[Callable[[], torch.Tensor], Callable]:
+                    blur: nn.Module, images: torch.Tensor, batch_size: int, *,
+                    mode: str = "eager", bf16: bool = False, learning_rate: float = 5e-4,
+                    weight_decay: float = 1e-5,
+                    warmup_steps: int = 3) -> tuple[Callable[..., torch.Tensor], Callable]:
   """One training step on device-resident uint8 images, as jax_dae's scan body.
 
   Each call draws ``batch_size`` random indices into ``images`` (uint8
-  ``[N, H, W, C]`` on the device), converts to float in [0, 1] in
-  channels_last NCHW, blurs, runs forward and backward (under bf16 autocast
-  when ``bf16``) and a fused Adam update with coupled L2 (jax_dae's ``adam``).
+  ``[N, H, W, C]`` on the device), gathers the batch already in channels_last
+  NCHW (``resident_images``: no permute in the step), converts to float in
+  [0, 1], blurs, runs forward and backward (under bf16 autocast when ``bf16``)
+  and an Adam update with coupled L2 (jax_dae's ``adam``). The model and, for
+  the perceptual loss, VGG16 are channels_last.
+
+  ``mode`` is a key of ``VARIANTS``: eager; ``torch.compile`` of the forward
+  and loss (AOTAutograd compiles the backward) in one of its modes, with the
+  optimizer step compiled in the same mode; or the whole step (index draw,
+  forward, backward, fused capturable Adam) captured in one CUDA graph after
+  ``warmup_steps`` steps on a side stream, with the forward eager or compiled
+  without CUDA graphs. The warm-up runs real steps (cuDNN autotuning, Inductor
+  compilation, Adam's state); the parameters, buffers and optimizer state are
+  then put back, so the first ``step()`` of every mode starts from the same
+  state.
 
   Args:
     model: the autoencoder (moved to channels_last here).
-    loss: ``loss(reconstruction, clean) -> scalar``.
+    loss: ``loss(reconstruction, clean) -> scalar`` (a module is moved to channels_last).
     blur: the corruption module.
-    images: resident uint8 images.
+    images: resident uint8 ``[N, H, W, C]`` images.
     batch_size: images per step.
-    mode: ``eager``, ``compile`` (``torch.compile``) or ``reduce-overhead``
-      (``torch.compile(mode="reduce-overhead")``: CUDA graphs).
+    mode: a key of ``VARIANTS``.
     bf16: autocast the forward (and thus backward) to bfloat16.
     learning_rate: Adam step size.
     weight_decay: L2 coefficient added to the gradient (torch ``Adam``'s).
+    warmup_steps: steps run before a CUDA graph capture.
 
   Returns:
-    ``(step, forward_loss)``: ``step()`` runs one training step and returns
-    the (unsynchronised) loss tensor; ``forward_loss(idx)`` is the possibly
-    compiled forward for those indices.
+    ``(step, forward_loss)``: ``step(idx=None)`` runs one training step on
+    ``idx`` (a ``[batch_size]`` int64 device tensor) or on random indices and
+    returns the (unsynchronised) loss tensor; ``forward_loss(idx)`` is the
+    possibly compiled forward. ``step.optimizer`` is the optimizer.
   """
+  if mode not in VARIANTS:
+    raise ValueError(f"mode={mode!r} is unknown; allowed: {', '.join(VARIANTS)}.")
+  compile_mode, whole_graph, compile_optimizer = VARIANTS[mode]
+  legacy = mode.startswith("legacy-")
   device = images.device
+  if whole_graph and device.type != "cuda":
+    raise ValueError(f"mode={mode!r} captures CUDA graphs; the images are on {device}.")
   model.to(memory_format=torch.channels_last).train()
+  if isinstance(loss, nn.Module) and not legacy:
+    loss.to(memory_format=torch.channels_last)
   params = [p for p in model.parameters() if p.requires_grad]
-  try:
-    opt = torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay, fused=True)
-  except (RuntimeError, TypeError, ValueError):  # fused unsupported on this device/build
-    opt = torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay, foreach=True)
+  opt = _make_optimizer(params, learning_rate=learning_rate, weight_decay=weight_decay,
+                        device=device, capturable=whole_graph,
+                        compiled=compile_optimizer and compile_mode is not None)
+  cl_images = images if legacy else resident_images(images)
+  n = images.shape[0]
 
   def forward_loss(idx: torch.Tensor) -> torch.Tensor:
-    batch = images.index_select(0, idx)
-    clean = batch.permute(0, 3, 1, 2).float().div(255.0)
-    noisy = blur(clean).contiguous(memory_format=torch.channels_last)
+    if legacy:
+      clean = cl_images.index_select(0, idx).permute(0, 3, 1, 2).float().div(255.0)
+      noisy = blur(clean).contiguous(memory_format=torch.channels_last)
+    else:
+      clean = cl_images[idx].float().div(255.0)
+      noisy = blur(clean)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
       reconstruction = model(noisy)
       value = loss(reconstruction, clean)
     return value.float()
 
-  if mode != "eager":
+  if compile_mode is not None:
     # The resident images are a closed-over tensor: mark them static so that CUDA graphs
     # read them in place instead of copying them into the graph's input buffer each replay.
     torch._dynamo.mark_static_address(images)
-  if mode == "eager":
-    fwd = forward_loss
-  elif mode == "compile":
-    fwd = torch.compile(forward_loss, dynamic=False)
-  elif mode == "reduce-overhead":
-    fwd = torch.compile(forward_loss, mode="reduce-overhead", dynamic=False)
+    fwd = torch.compile(forward_loss, dynamic=False,
+                        mode=None if compile_mode == "default" else compile_mode)
   else:
-    raise ValueError(f"mode={mode!r} is unknown; allowed: eager, compile, reduce-overhead.")
-  cudagraphs = mode == "reduce-overhead"
-  n = images.shape[0]
+    fwd = forward_loss
+  opt_step = opt.step
+  if compile_optimizer and compile_mode is not None:
+    opt_step = torch.compile(opt.step, dynamic=False,
+                             mode=None if compile_mode == "default" else compile_mode)
+  cudagraph_trees = compile_mode == "reduce-overhead"
 
-  def step() -> torch.Tensor:
-    idx = torch.randint(n, (batch_size,), device=device)
-    if cudagraphs:
+  def eager_step(idx: torch.Tensor | None = None) -> torch.Tensor:
+    if idx is None:
+      idx = torch.randint(n, (batch_size,), device=device)
+    if cudagraph_trees:
       torch.compiler.cudagraph_mark_step_begin()
     value = fwd(idx)
     value.backward()
-    opt.step()
+    opt_step()
     opt.zero_grad(set_to_none=True)
     return value
 
-  step.optimizer = opt
-  return step, fwd
+  if not whole_graph:
+    eager_step.optimizer = opt
+    return eager_step, fwd
+
+  # Whole-step CUDA graph (torch.cuda.graphs "whole network capture").
+  static_idx = torch.zeros(batch_size, dtype=torch.long, device=device)
+  use_given = torch.zeros((), dtype=torch.bool, device=device)
+  state = _snapshot(model, opt)
+
+  def body() -> torch.Tensor:
+    drawn = torch.randint(n, (batch_size,), device=device)
+    idx = torch.where(use_given, static_idx, drawn)
+    value = fwd(idx)
+    value.backward()
+    opt.step()
+    return value
+
+  side = torch.cuda.Stream()
+  side.wait_stream(torch.cuda.current_stream())
+  with torch.cuda.stream(side):
+    for _ in range(warmup_steps):
+      opt.zero_grad(set_to_none=True)
+      body()
+  torch.cuda.current_stream().wait_stream(side)
+  _restore(model, opt, state)
+  opt.zero_grad(set_to_none=True)
+  graph = torch.cuda.CUDAGraph()
+  with torch.cuda.graph(graph):
+    static_value = body()
+  # Capture records the step without running it: the state is still the initial one.
+
+  def graph_step(idx: torch.Tensor | None = None) -> torch.Tensor:
+    if idx is None:
+      use_given.fill_(False)
+    else:
+      static_idx.copy_(idx)
+      use_given.fill_(True)
+    graph.replay()
+    return static_value
+
+  graph_step.optimizer = opt
+  graph_step.graph = graph
+  return graph_step, fwd
+
+
+def _snapshot(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+  """Copies of the parameters and buffers (the optimizer has no state yet)."""
+  return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+          "opt_empty": not opt.state}
+
+
+@torch.no_grad()
+def _restore(model: nn.Module, opt: torch.optim.Optimizer, saved: dict) -> None:
+  """Puts ``_snapshot``'s values back in place (same tensors: a graph keeps their addresses)
+  and resets Adam's state to that of a fresh optimizer (zero moments, step 0)."""
+  for k, v in model.state_dict().items():
+    v.copy_(saved["model"][k])
+  if saved["opt_empty"]:
+    for state in opt.state.values():
+      for value in state.values():
+        if torch.is_tensor(value):
+          value.zero_()
