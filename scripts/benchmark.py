@@ -13,9 +13,15 @@ What is measured, per row of the grid {model} x {loss} x {batch} x {precision}:
   convolutions with the same normalised 9 taps, reflect padding) and loss, with
   channels_last, fused Adam with the same coupled L2, ``cudnn.benchmark``, TF32
   allowed and bf16 autocast for the bf16 rows; each step draws random indices
-  into the same resident uint8 images. Modes: ``eager``, ``compile``
-  (``torch.compile``) and ``reduce-overhead`` (``torch.compile`` with CUDA
-  graphs; CUDA only, skipped elsewhere).
+  into the same resident uint8 images. Modes (``--torch_modes``, the keys of
+  ``torch_reference.VARIANTS``; each row keeps the fastest): ``eager``,
+  ``compile`` (``torch.compile`` of forward, backward and the optimizer step),
+  ``reduce-overhead`` (the same with CUDA graphs), ``max-autotune-no-cudagraphs``,
+  ``graph``/``graph-compile``/``graph-max-autotune`` (the whole step, Adam
+  included, in one manually captured CUDA graph, the forward eager or compiled)
+  and ``legacy-reduce-overhead`` (the step as it was before issue 23); the
+  CUDA-graph modes are skipped on a CPU. ``scripts/gpu_torch_strong.sh`` runs them
+  all on the 16-row grid.
 
 Throughput is images/s from the median of ``--windows`` timed windows of
 ``--steps_per_call`` steps each (default 3200 / batch, clamped to 50..200),
@@ -60,6 +66,10 @@ Commands:
   # The full grid on a GPU (scripts/gpu_benchmark.sh wraps this with --check,
   # --resume and --deadline_s, and shards rows over several GPUs when present):
   python scripts/benchmark.py --out $OUT/benchmark.json --markdown $OUT/benchmarks.md
+
+  # The CPU row (issue 23): CAE mse b8 fp32, jax_dae vs PyTorch eager and compile on 2
+  # threads, alternating windows, ratio printed (about 3 minutes on 2 cores):
+  python scripts/benchmark.py --cpu --out /tmp/cpu.json
 
   # A tiny end-to-end run on CPU (TinyCAE at 16x16, two rows; a few minutes, most of it
   # torch.compile):
@@ -134,6 +144,12 @@ SMOKE = dict(
     models="TinyCAE", losses="mse,perceptual", batches="4", precisions="float32,bfloat16",
     torch_modes="eager,compile,reduce-overhead", steps_per_call=5, windows=2,
     num_images=32, image_size=16, eval_images=40, eval_batch_size=16, peak_size=512,
+)
+# The CPU row (issue 23): the CAE mse b8 fp32 step, jax_dae against PyTorch on 2 threads.
+CPU_ROW = dict(
+    models="CAE", losses="mse", batches="8", precisions="float32", torch_modes="eager,compile",
+    steps_per_call=2, windows=7, num_images=64, image_size=112, eval_images=40,
+    eval_batch_size=8, peak_size=256,
 )
 # Rows run first: the reference points of SPEC.md ("Performance architecture").
 PRIORITY = (("CAE", 8, "float32"), ("CAE", 64, "bfloat16"))
@@ -569,6 +585,82 @@ def run_torch_mode(torch, tr, mode, model_name, loss_name, batch, precision, ima
   return result
 
 
+def run_cpu_row(torch, tr, args) -> dict[str, Any]:
+  """The CPU row: jax_dae and each PyTorch mode in alternating timed windows.
+
+  On a CPU shared with other work, windows taken one after another drift with
+  the load, so the sides take turns: window ``w`` of every side runs before
+  window ``w + 1`` of any (the order rotates each round), and each side's
+  throughput is the median of its windows. PyTorch runs on ``--threads``
+  threads; XLA:CPU uses the host's cores (run under ``taskset -c 0-1`` on a
+  larger host to match).
+  """
+  model_name, loss_name, batch, precision = (args.models[0], args.losses[0], args.batches[0],
+                                             args.precisions[0])
+  steps = steps_per_window(args, batch)
+  torch.set_num_threads(args.threads)
+  host = synthetic_images(args.num_images, args.image_size, args.seed + 1)
+  images = jax.device_put(host)
+  row = build_jax_loop(model_name, loss_name, batch, precision, images, steps,
+                       model_set=args.model_set, seed=args.seed)
+  t = time.perf_counter()
+  compiled = row["loop"].lower(row["state"], images, row["perm"], row["step_key"]).compile()
+  jax_compile_s = time.perf_counter() - t
+  jax_state = {"state": row["state"]}
+
+  def jax_window():
+    state, out = compiled(jax_state["state"], images, row["perm"], row["step_key"])
+    jax.block_until_ready((state, out))
+    jax_state["state"] = state
+    return float(np.asarray(out["loss"])[-1])
+
+  windows = {"jax_dae": jax_window}
+  first = {"jax_dae": jax_compile_s}
+  timages = torch.from_numpy(host)
+  for mode in args.torch_modes:
+    if mode in tr.CUDA_ONLY:
+      continue
+    torch.manual_seed(args.seed)
+    model = torch_model_for(tr, models.create(model_name), "cpu")
+    loss, _ = torch_loss_for(tr, loss_name, "cpu")
+    blur = tr.GaussianBlur(9, 4.0, 3)
+    t = time.perf_counter()
+    step, _ = tr.make_train_step(model, loss, blur, timages, batch, mode=mode,
+                                 bf16=precision == "bfloat16")
+    step()
+    first[f"torch {mode}"] = time.perf_counter() - t
+
+    def torch_window(step=step):
+      for _ in range(steps):
+        value = step()
+      return float(value.detach())
+
+    windows[f"torch {mode}"] = torch_window
+  for fn in windows.values():  # warm-up window
+    fn()
+  times = {name: [] for name in windows}
+  names = list(windows)
+  for w in range(args.windows):
+    for name in names[w % len(names):] + names[:w % len(names)]:
+      t = time.perf_counter()
+      last = windows[name]()
+      times[name].append(time.perf_counter() - t)
+      if not math.isfinite(last):
+        raise FloatingPointError(f"{name} loss became {last}.")
+  ips = {name: steps * batch / statistics.median(ts) for name, ts in times.items()}
+  best = max((n for n in ips if n.startswith("torch")), key=ips.get, default=None)
+  result = {"key": row_key(model_name, loss_name, batch, precision) + "/cpu", "threads":
+            args.threads, "steps_per_window": steps, "window_s": times, "images_per_s": ips,
+            "first_s": first, "best_torch": best,
+            "jax_over_best_torch": ips["jax_dae"] / ips[best] if best else None,
+            "load_average": os.getloadavg()}
+  cells = ", ".join(f"{n} {v:.2f}" for n, v in ips.items())
+  log(f"CPU row {result['key']} ({args.threads} threads, median of {args.windows} alternating "
+      f"windows of {steps} steps): {cells} img/s; jax_dae / {best}: "
+      f"{_fmt(result['jax_over_best_torch'], '.2f')}; load average {os.getloadavg()[0]:.1f}")
+  return result
+
+
 # ---------------------------------------------------------------------------
 # Correctness check: both sides compute the same model.
 # ---------------------------------------------------------------------------
@@ -922,6 +1014,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="tiny CPU-sized run: TinyCAE at 16x16, batch 4, few steps, two rows "
                       "(mse/float32 and perceptual/bfloat16) unless --losses/--precisions")
   p.add_argument("--skip_torch", action="store_true", help="jax_dae rows only")
+  p.add_argument("--cpu", action="store_true",
+                 help="the CPU row: CAE mse b8 fp32, jax_dae vs PyTorch eager and compile on "
+                      "--threads threads, in alternating windows (other grid flags still apply)")
+  p.add_argument("--threads", type=int, default=2, help="PyTorch threads of the CPU row (2)")
   p.add_argument("--check", action="store_true",
                  help="first prove that torch and jax_dae compute the same model (first model)")
   p.add_argument("--check_only", action="store_true",
@@ -938,7 +1034,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--markdown", help="markdown report, rewritten after every row")
   args = p.parse_args(argv)
   args.diagonal = args.smoke and args.losses is None and args.precisions is None
-  defaults = SMOKE if args.smoke else FULL
+  defaults = SMOKE if args.smoke else CPU_ROW if args.cpu else FULL
   for name, value in defaults.items():
     if getattr(args, name) is None:
       setattr(args, name, value)
@@ -1038,6 +1134,11 @@ def main(argv=None) -> int:
       write_outputs(args, report)
   if args.check_only:
     return 0 if report["check"] and all(c["ok"] for c in report["check"]) else 1
+  if args.cpu:
+    report["cpu_row"] = run_cpu_row(torch, tr, args) if torch is not None else None
+    report["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write_outputs(args, report)
+    return 0
 
   report["peak"] = measure_bf16_peak(args.peak_size)
   peak = report["peak"]["flops_per_s"]
