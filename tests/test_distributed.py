@@ -98,4 +98,7 @@ def _assert_close(a, b, *, step):
   assert int(a.step) == int(b.step) == step
   for x, y in zip(jax.tree.leaves((a.params, a.batch_stats)),
                   jax.tree.leaves((b.params, b.batch_stats)), strict=True):
-    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    # Float order only: relative to each tensor's scale (the CPU's matmul
+    # convolution forms sum a sharded batch in another order; a few entries of
+    # 1e-3 then differ by 2e-6).
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=max(1e-6, 1e-4 * float(np.max(np.abs(y)))))
