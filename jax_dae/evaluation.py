@@ -43,7 +43,7 @@ def masked_metric_sums(eval_step: Callable, state, batch: jax.Array, key: jax.Ar
 
 def make_evaluate(eval_step: Callable, *, num_examples: int, batch_size: int,
                   batch_sharding: NamedSharding | None = None,
-                  replicas: replicas_lib.Replicas | None = None) -> Callable:
+                  replicas: replicas_lib.Replicas = replicas_lib.SINGLE) -> Callable:
   """``evaluate(state, images, key) -> {metric: mean over num_examples}``.
 
   ``images`` is the split padded to a multiple of ``batch_size``; padding rows
@@ -71,13 +71,11 @@ def make_evaluate(eval_step: Callable, *, num_examples: int, batch_size: int,
     sums, _ = jax.lax.scan(body, zeros, jnp.arange(num_batches))
     return {k: v / num_examples for k, v in sums.items()}
 
-  if replicas is not None:
-    evaluate = replicas.map(evaluate, in_axes=(0, None, 0))
-  return jax.jit(evaluate)
+  return jax.jit(replicas.map(evaluate, in_axes=(0, None, 0)))
 
 
 def make_recompute_batch_stats(batch_statistics: Callable, *, batch_size: int,
-                               replicas: replicas_lib.Replicas | None = None) -> Callable:
+                               replicas: replicas_lib.Replicas = replicas_lib.SINGLE) -> Callable:
   """``recompute(state, images, key) -> batch_stats`` of ``state``'s current weights.
 
   The running averages a model keeps in training lag its weights: they mix
@@ -109,6 +107,9 @@ def make_recompute_batch_stats(batch_statistics: Callable, *, batch_size: int,
          group_keys, jax.random.split(model_key, groups)),
         batch_size=min(groups, 16))  # 16 groups per vectorised call
 
+    per_group_means = {path[:-1]: x for path, x in jax.tree_util.tree_leaves_with_path(per_group)
+                       if getattr(path[-1], "key", None) == "mean"}
+
     def combine(path, stats, current):
       if getattr(path[-1], "key", None) != "var":
         return jnp.mean(stats, axis=0).astype(current.dtype)
@@ -116,13 +117,9 @@ def make_recompute_batch_stats(batch_statistics: Callable, *, batch_size: int,
       second = jnp.mean(stats + means**2, axis=0)
       return (second - jnp.mean(means, axis=0) ** 2).astype(current.dtype)
 
-    per_group_means = {path[:-1]: x for path, x in jax.tree_util.tree_leaves_with_path(per_group)
-                       if getattr(path[-1], "key", None) == "mean"}
     return jax.tree_util.tree_map_with_path(combine, per_group, state.batch_stats)
 
-  if replicas is not None:
-    recompute = replicas.map(recompute, in_axes=(0, None, 0))
-  return jax.jit(recompute)
+  return jax.jit(replicas.map(recompute, in_axes=(0, None, 0)))
 
 
 def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
@@ -154,7 +151,7 @@ class DeviceEvaluator:
   """Mean metrics over a split resident on the devices: one compiled call."""
 
   def __init__(self, eval_step, images, key, *, replicated, batch_sharding, batch_size,
-               replicas: replicas_lib.Replicas | None = None):
+               replicas: replicas_lib.Replicas = replicas_lib.SINGLE):
     self._key = key
     self._replicas = replicas
     self._num_examples, self._batch_size = len(images), batch_size
@@ -192,12 +189,12 @@ class HostEvaluator:
   """Mean metrics over a split streamed from the host; sums stay on the devices."""
 
   def __init__(self, eval_step, images, key, *, batch_sharding, batch_size,
-               replicas: replicas_lib.Replicas | None = None):
+               replicas: replicas_lib.Replicas = replicas_lib.SINGLE):
     self._key = key
     self._images = images
     self._sharding = batch_sharding
     self._batch_size = batch_size
-    self._replicas = replicas or replicas_lib.Replicas(seed=0)
+    self._replicas = replicas
     self._sums = self._compile(eval_step)
 
   def _compile(self, eval_step):
@@ -244,7 +241,7 @@ class BatchStatsRecompute:
   """
 
   def __init__(self, batch_statistics, images, key, *, replicated, batch_size,
-               replicas: replicas_lib.Replicas | None = None):
+               replicas: replicas_lib.Replicas = replicas_lib.SINGLE):
     count = len(images) // batch_size * batch_size
     if not count:
       raise ValueError(f"BatchStatsRecompute: {len(images)} images make no group of "
@@ -275,9 +272,9 @@ class Samples:
 
   def __init__(self, reconstruct: Callable, splits: dict[str, np.ndarray], num: int, key, *,
                replicated: NamedSharding, state, executor: concurrent.futures.Executor,
-               replicas: replicas_lib.Replicas | None = None):
+               replicas: replicas_lib.Replicas = replicas_lib.SINGLE):
     reconstruct = jax.jit(reconstruct)
-    self._replicas = replicas or replicas_lib.Replicas(seed=0)
+    self._replicas = replicas
     self._key = key
     one = self._replicas.take(state, 0)
     self._inputs, compiled = {}, {}

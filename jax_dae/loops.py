@@ -32,7 +32,7 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
 
 def make_train_loop(train_step: Callable, *, batch_size: int, steps_per_epoch: int,
                     steps_per_call: int, batch_sharding: NamedSharding | None = None,
-                    replicas: replicas_lib.Replicas | None = None) -> Callable:
+                    replicas: replicas_lib.Replicas = replicas_lib.SINGLE) -> Callable:
   """``loop(state, images, perm, step_key[, num_steps]) -> (state, metrics [steps_per_call])``.
 
   Runs up to ``steps_per_call`` train steps in one compiled call; step ``s``
@@ -60,8 +60,7 @@ def make_train_loop(train_step: Callable, *, batch_size: int, steps_per_epoch: i
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     return train_step(state, batch, jax.random.fold_in(step_key, state.step))
 
-  if replicas is not None:
-    step_at = replicas.map(step_at, in_axes=(0, None, 0, 0))
+  step_at = replicas.map(step_at, in_axes=(0, None, 0, 0))  # itself for one replica
 
   def loop(state, images, perm, step_key, num_steps=None):
     if num_steps is None:
@@ -134,8 +133,7 @@ class DeviceFeed:
 
   def __init__(self, train_step, images, data_key, step_key, *, replicated, batch_sharding,
                batch_size, steps_per_epoch, max_steps,
-               replicas: replicas_lib.Replicas | None = None):
-    replicas = replicas or replicas_lib.Replicas(seed=0)
+               replicas: replicas_lib.Replicas = replicas_lib.SINGLE):
     self._images = distributed.replicate(images, replicated)
     self._step_key = step_key
     self._loop = make_train_loop(train_step, batch_size=batch_size,

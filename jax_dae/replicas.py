@@ -126,6 +126,10 @@ class Replicas:
     return values.reshape(len(values), self.num)
 
 
+# One replica: nothing gets a replica axis and ``map`` returns the function itself.
+SINGLE = Replicas(seed=0)
+
+
 def step_of(state: Any) -> int:
   """The step of a train state, stacked or not (replicas step together)."""
   return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
@@ -167,4 +171,5 @@ def best_replica(rows: Sequence[Mapping[str, Any]], step: int, num: int) -> int:
   return int(np.argmax([row[key] for key in keys]))
 
 
-__all__ = ["Replicas", "best_replica", "run_keys", "split_metrics", "spread", "step_of"]
+__all__ = ["FORMS", "SINGLE", "Replicas", "best_replica", "run_keys", "split_metrics", "spread",
+           "step_of"]

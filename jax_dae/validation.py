@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from jax_dae import corruptions, data, losses, models
+from jax_dae import corruptions, data, losses, models, replicas
 from jax_dae.data import pipeline
 
 # Names accepted by config.model.dtype and config.optimizer.name; train.py maps
@@ -163,9 +163,9 @@ def _validate_train(cfg: ml_collections.ConfigDict) -> None:
   if "bn_stats_images" in cfg:
     _check_int("config.train.bn_stats_images", cfg.bn_stats_images, cfg.batch_size,
                " (config.train.batch_size at least)")
-  if cfg.get("seeds_form", "vmap") not in ("vmap", "unrolled"):
-    raise ValueError(f"config.train.seeds_form={cfg.seeds_form!r} is unknown; allowed: 'vmap', "
-                     "'unrolled'.")
+  if cfg.get("seeds_form", "vmap") not in replicas.FORMS:
+    raise ValueError(f"config.train.seeds_form={cfg.seeds_form!r} is unknown; allowed: "
+                     f"{', '.join(map(repr, replicas.FORMS))}.")
   ema = cfg.get("ema_decay", 0.0)
   if isinstance(ema, bool) or not isinstance(ema, numbers.Real) or not 0 <= ema < 1:
     raise ValueError(f"config.train.ema_decay={ema!r} must be in [0, 1) (0: no average).")
