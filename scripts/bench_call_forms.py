@@ -50,8 +50,8 @@ def time_windows(call, state, windows: int) -> tuple[list[float], object]:
   return seconds, state
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_loop_arguments(p: argparse.ArgumentParser) -> None:
+  """The flags of a train-loop timing: rows, image size and count, windows, steps, output."""
   p.add_argument("--rows", default="CAE:mse:8:float32,CAE:mse:64:bfloat16")
   p.add_argument("--size", type=int, default=112)
   p.add_argument("--images", type=int, default=2048)
@@ -59,13 +59,23 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=0,
                  help="steps per call (0: 3200 / batch, clamped to 50..200)")
   p.add_argument("--out", default="")
+
+
+def steps_per_call(args: argparse.Namespace, batch: int) -> int:
+  """``--steps``, or about 3200 images per call within 50..200 steps."""
+  return args.steps or min(200, max(50, 3200 // batch))
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  add_loop_arguments(p)
   args = p.parse_args()
   images = jax.device_put(benchmark.synthetic_images(args.images, args.size, seed=0))
   rows = []
   for spec in args.rows.split(","):
     model, loss, batch, precision = spec.split(":")
     batch = int(batch)
-    steps = args.steps or min(200, max(50, 3200 // batch))
+    steps = steps_per_call(args, batch)
     row = benchmark.build_jax_loop(model, loss, batch, precision, images, steps)
     loop, state, perm, key = row["loop"], row["state"], row["perm"], row["step_key"]
     count = np.int32(steps)

@@ -26,6 +26,7 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_call_forms  # noqa: E402
 import benchmark  # noqa: E402
 
 from jax_dae import corruptions, loops, models, optimizers, replicas, steps  # noqa: E402
@@ -56,22 +57,16 @@ def build(spec: str, num_seeds: int, images, steps_per_call: int, form: str = "v
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--rows", default="CAE:mse:8:float32,CAE:mse:64:bfloat16")
+  bench_call_forms.add_loop_arguments(p)
   p.add_argument("--seeds", default="1,4,8")
   p.add_argument("--forms", default="vmap", help="vmap,unrolled: replicas.Replicas.form")
-  p.add_argument("--size", type=int, default=112)
-  p.add_argument("--images", type=int, default=2048)
-  p.add_argument("--windows", type=int, default=5)
-  p.add_argument("--steps", type=int, default=0,
-                 help="steps per call (0: 3200 / batch, clamped to 50..200)")
-  p.add_argument("--out", default="")
   args = p.parse_args()
   images = jax.device_put(benchmark.synthetic_images(args.images, args.size, seed=0))
   variants = [(n, form) for n in (int(n) for n in args.seeds.split(","))
               for form in (args.forms.split(",") if n > 1 else ["vmap"])]
   rows = []
   for spec in args.rows.split(","):
-    steps_per_call = args.steps or min(200, max(50, 3200 // int(spec.split(":")[2])))
+    steps_per_call = bench_call_forms.steps_per_call(args, int(spec.split(":")[2]))
     built = {}
     for n, form in variants:
       t = time.perf_counter()
