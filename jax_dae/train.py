@@ -433,11 +433,10 @@ def _end_epoch(run: Run, state, epoch: int, epoch_loss: np.ndarray) -> Any:
   best validation PSNR.
   """
   config, clock, step, replicas = run.config, run.clock, replicas_lib.step_of(state), run.replicas
-  if run.recompute is not None:
-    with clock("validation"):
-      state = state.replace(batch_stats=run.recompute(state.for_evaluation()))
-  evaluated = state.for_evaluation()  # the EMA of the weights where one is kept
   with clock("validation"):
+    if run.recompute is not None:
+      state = state.replace(batch_stats=run.recompute(state.for_evaluation()))
+    evaluated = state.for_evaluation()  # the EMA of the weights where one is kept
     val = _per_replica(run.evaluators["val"](evaluated), replicas)
   scalars = _replica_scalars("val", val, replicas)
   if epoch + 1 in config.train.test_epochs:
@@ -483,12 +482,13 @@ def test_and_report(run: Run, state, start_time: float) -> dict:
   """
   config, clock, ckpt, replicas = run.config, run.clock, run.ckpt, run.replicas
   step = replicas_lib.step_of(state)
+  evaluated = state.for_evaluation()  # the EMA of the weights where one is kept
   with clock("checkpoint"):
     ckpt.wait()
   run.feed.close()
   with clock("test"):
     t = time.time()
-    final = {name: _per_replica(evaluate(state.for_evaluation()), replicas)
+    final = {name: _per_replica(evaluate(evaluated), replicas)
              for name, evaluate in run.evaluators.items() if name.startswith("test")}
     eval_s = time.time() - t
   # The best checkpoint is often the final state: then its metrics are the same.
@@ -523,7 +523,7 @@ def test_and_report(run: Run, state, start_time: float) -> dict:
   # The first test faces, as corrupted for the evaluation, through the final model.
   main_process = distributed.is_main_process()
   with clock("samples"):
-    noisy, recon, faces = run.samples(state.for_evaluation(), "test", best_replica)
+    noisy, recon, faces = run.samples(evaluated, "test", best_replica)
     if main_process and len(faces):
       run.pictures.submit(plots.save_sample_grid, run.workdir / "samples" / "test.png", noisy,
                           recon, faces / 255.0)
