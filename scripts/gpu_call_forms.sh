@@ -8,9 +8,6 @@
 #    the trainer as it is now, to compare its train phase with docs/benchmarks.md.
 # Needs .whl/ and .carry/data as gpu_lfw_cae.sh does. Results under $OUT.
 set -euo pipefail
-OUT=${OUT:-/tmp/out}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source scripts/gpu_env.sh
 python3 scripts/bench_call_forms.py --out "$OUT/call_forms.json"
 SKIP_WARM=1 bash scripts/gpu_lfw_cae.sh

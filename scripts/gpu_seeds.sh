@@ -11,12 +11,9 @@
 # The data cache is built first and the XLA cache is shared, so both runs
 # start warm on data and the second compiles its own (N-replica) program.
 set -euo pipefail
-OUT=${OUT:-/tmp/out}
 N=${1:-4}
 EXTRA=("${@:2}")
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 JAX_DAE_CACHE=/tmp/jax_dae_cache
+source scripts/gpu_env.sh
 export TQDM_DISABLE=1
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/log.txt"
 python3 - <<'PY'

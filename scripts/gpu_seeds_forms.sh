@@ -10,11 +10,8 @@
 #
 # Needs .whl/ and .carry/data (carry both). Results under $OUT.
 set -euo pipefail
-OUT=${OUT:-/tmp/out}
 EMA=${1:-0.999}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 JAX_DAE_CACHE=/tmp/jax_dae_cache
+source scripts/gpu_env.sh
 export TQDM_DISABLE=1
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/log.txt"
 bench() {  # bench NAME ROWS SEEDS SECONDS: stopped after SECONDS (then no JSON)
